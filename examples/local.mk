@@ -1,0 +1,1 @@
+EXTRA_DIST += examples/pretrain-tiny.ini examples/data/tiny-corpus.txt

@@ -1,0 +1,57 @@
+/* lathe/model.h — model components (LATHE_KIND_MODEL). */
+#ifndef LATHE_MODEL_H
+#define LATHE_MODEL_H
+
+#include "env.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A linear layer a model exposes so that PEFT plugins can wrap it without
+ * code in the model: the model calls lathe_linear_forward(l, x) and a PEFT
+ * plugin sets `hook`. Owned by the model. */
+struct lathe_linear {
+    const char *name;       /* module path, "h.0.attn.c_attn" */
+    lathe_tensor *weight;   /* [out, in] */
+    lathe_tensor *bias;     /* [out] or NULL */
+    /* Set by a PEFT plugin (NULL: plain linear). Returns the layer's output
+     * given the input x and the frozen base output. */
+    lathe_tensor *(*hook)(void *hook_self, struct lathe_linear *l, lathe_tensor *x,
+                          lathe_tensor *base_out);
+    void *hook_self;
+};
+
+/* x [..., in] -> [..., out]: the base linear, then the hook if set. */
+lathe_tensor *lathe_linear_forward(struct lathe_linear *l, lathe_tensor *x);
+
+struct lathe_model_info {
+    int64_t vocab_size;
+    int64_t max_seq_len;   /* 0: no limit */
+};
+
+struct lathe_model_ops {
+    uint32_t size;
+    /* Build the model from its section ([model]); parameters are made with
+     * lathe_param_new and owned by the model. */
+    int (*create)(lathe_section *cfg, const struct lathe_env *env, void **self);
+    void (*destroy)(void *self);
+    int (*info)(void *self, struct lathe_model_info *info);
+    /* Every parameter, in a stable order. The array and tensors stay owned
+     * by the model and valid until destroy. */
+    int (*params)(void *self, lathe_tensor *const **params, size_t *n);
+    /* logits [B, T, V] for the batch, recorded on the tape. train: dropout
+     * on. NULL with a message on error. */
+    lathe_tensor *(*forward)(void *self, const struct lathe_batch *batch, int train);
+    /* optional: NULL means the model exposes no linear layers to PEFT. */
+    int (*linears)(void *self, struct lathe_linear *const **out, size_t *n);
+    /* optional: NULL means the model cannot be exported; the checkpoint of
+     * the run still holds its parameters. Writes the model to `dir`. */
+    int (*save)(void *self, const char *dir);
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,67 @@
+# Check suites (one per module, "Core" and "Limits" cases) and end-to-end
+# scripts. Tests that need a GPU or MPI exit 77 (skip) where there is none.
+TEST_LDADD = core/liblathe.la $(CHECK_LIBS) -lm
+TEST_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS)
+AM_TESTS_ENVIRONMENT = \
+	LATHE_PLUGIN_PATH='$(abs_top_builddir)/plugins/.libs'; export LATHE_PLUGIN_PATH; \
+	LATHE_TEST_PLUGINS='$(abs_top_builddir)/tests/.libs'; export LATHE_TEST_PLUGINS; \
+	LATHE_BIN='$(abs_top_builddir)/lathe'; export LATHE_BIN; \
+	top_srcdir='$(abs_top_srcdir)'; export top_srcdir; \
+	top_builddir='$(abs_top_builddir)'; export top_builddir; \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2}; export OMP_NUM_THREADS; \
+	OMP_WAIT_POLICY=PASSIVE; export OMP_WAIT_POLICY;
+
+check_PROGRAMS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
+	tests/check_config tests/check_loader tests/check_io tests/check_components
+TESTS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
+	tests/check_config tests/check_loader tests/check_io tests/check_components
+
+tests_check_tensor_SOURCES = tests/check_tensor.c tests/testutil.h
+tests_check_tensor_CFLAGS = $(TEST_CFLAGS)
+tests_check_tensor_LDADD = $(TEST_LDADD)
+tests_check_ops_linalg_SOURCES = tests/check_ops_linalg.c tests/gradcheck.c tests/gradcheck.h tests/testutil.h
+tests_check_ops_linalg_CFLAGS = $(TEST_CFLAGS)
+tests_check_ops_linalg_LDADD = $(TEST_LDADD)
+tests_check_ops_nn_SOURCES = tests/check_ops_nn.c tests/gradcheck.c tests/gradcheck.h tests/testutil.h
+tests_check_ops_nn_CFLAGS = $(TEST_CFLAGS)
+tests_check_ops_nn_LDADD = $(TEST_LDADD)
+tests_check_config_SOURCES = tests/check_config.c tests/testutil.h
+tests_check_config_CFLAGS = $(TEST_CFLAGS)
+tests_check_config_LDADD = $(TEST_LDADD)
+tests_check_loader_SOURCES = tests/check_loader.c tests/testutil.h
+tests_check_loader_CFLAGS = $(TEST_CFLAGS)
+tests_check_loader_LDADD = $(TEST_LDADD)
+tests_check_io_SOURCES = tests/check_io.c tests/testutil.h
+tests_check_io_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_io_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+tests_check_components_SOURCES = tests/check_components.c tests/testutil.h
+tests_check_components_CFLAGS = $(TEST_CFLAGS)
+tests_check_components_LDADD = $(TEST_LDADD)
+
+# Deliberately broken plugins for the loader's refusals (-rpath makes libtool
+# build shared modules for check_LTLIBRARIES).
+BROKEN_LDFLAGS = -module -avoid-version -shared -rpath /nowhere
+check_LTLIBRARIES += tests/lathe-good.la tests/lathe-abi-major.la tests/lathe-abi-minor.la \
+	tests/lathe-size-zero.la tests/lathe-no-symbol.la tests/lathe-bad-sig.la tests/lathe-dup.la \
+	tests/lathe-ops-small.la
+tests_lathe_good_la_SOURCES = tests/plugins/good.c
+tests_lathe_good_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_abi_major_la_SOURCES = tests/plugins/abi_major.c
+tests_lathe_abi_major_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_abi_minor_la_SOURCES = tests/plugins/abi_minor.c
+tests_lathe_abi_minor_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_size_zero_la_SOURCES = tests/plugins/size_zero.c
+tests_lathe_size_zero_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_no_symbol_la_SOURCES = tests/plugins/no_symbol.c
+tests_lathe_no_symbol_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_bad_sig_la_SOURCES = tests/plugins/bad_sig.c
+tests_lathe_bad_sig_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_dup_la_SOURCES = tests/plugins/dup.c
+tests_lathe_dup_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_ops_small_la_SOURCES = tests/plugins/ops_small.c
+tests_lathe_ops_small_la_LDFLAGS = $(BROKEN_LDFLAGS)
+
+# End-to-end runs of real INI files and the installed SDK.
+TESTS += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh tests/e2e_sdk.sh
+EXTRA_DIST += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh \
+	tests/e2e_sdk.sh tests/tb_check.py
