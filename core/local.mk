@@ -2,7 +2,7 @@
 lib_LTLIBRARIES += core/liblathe.la
 core_liblathe_la_SOURCES = \
 	core/util/status.c core/util/rng.c core/util/strutil.c core/util/strutil.h \
-	core/tensor/tensor.c core/tensor/dtype.c core/tensor/autograd.c core/tensor/autograd.h \
+	core/tensor/tensor.c core/tensor/dtype.c core/tensor/autograd.c core/tensor/autograd.h core/tensor/tensor_internal.h \
 	core/tensor/state.c core/tensor/state.h \
 	core/ops/linear.c core/ops/embedding.c core/ops/elementwise.c core/ops/reduce.c \
 	core/ops/norm.c core/ops/activation.c core/ops/rope.c core/ops/attention.c \

@@ -1,7 +1,7 @@
 /* core/tensor/autograd.h — what op implementations use to record the tape.
  * Internal to liblathe.
  *
- * An op (core/ops/*.c) follows one pattern:
+ * An op (in core/ops/) follows one pattern:
  *
  *   lathe_tensor *lathe_gelu(lathe_tensor *x) {
  *       LATHE_OP_CHECK_INPUTS(x);                 // NULL in -> NULL out

@@ -1,0 +1,18 @@
+/* core/tensor/tensor_internal.h — tensor internals shared inside core. */
+#ifndef LATHE_CORE_TENSOR_INTERNAL_H
+#define LATHE_CORE_TENSOR_INTERNAL_H
+
+#include <lathe/tensor.h>
+
+/* Allocate a zeroed tensor; scoped = 0 makes it caller-owned even inside a
+ * scope. */
+lathe_tensor *lathe_tensor_alloc(enum lathe_dtype dt, int ndim, const int64_t *shape, int scoped);
+/* Free t, its grad and (if owned) its buffer, whatever its flags. */
+void lathe_tensor_destroy(lathe_tensor *t);
+int lathe_scope_depth(void);
+
+size_t lathe_tape_length(void);
+/* Free the records from index `mark` on. */
+void lathe_tape_truncate(size_t mark);
+
+#endif
