@@ -1,1 +1,1 @@
-EXTRA_DIST += bench/gpt2-124m.ini bench/gpt2-124m.sh bench/torch_step.sh
+EXTRA_DIST += bench/gpt2-124m.ini bench/gpt2-124m.sh

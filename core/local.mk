@@ -15,7 +15,7 @@ core_liblathe_la_SOURCES = \
 	core/plugin/loader.c core/plugin/loader.h \
 	core/io/crc32c.c core/io/tensorboard.c core/io/tensorboard.h \
 	core/io/safetensors.c core/io/safetensors.h core/io/metrics.c core/io/metrics.h \
-	core/train/run.c core/train/run.h core/train/loop.c core/train/checkpoint.c \
+	core/train/run.c core/train/run.h core/train/run_internal.h core/train/loop.c core/train/checkpoint.c \
 	core/train/checkpoint.h core/train/progress.c
 core_liblathe_la_CFLAGS = $(AM_CFLAGS) $(INIH_CFLAGS) $(JANSSON_CFLAGS)
 core_liblathe_la_LIBADD = $(INIH_LIBS) $(JANSSON_LIBS) $(BLAS_LIBS) $(OPENMP_CFLAGS) -lm
@@ -24,6 +24,7 @@ core_liblathe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^lathe_'
 bin_PROGRAMS += lathe
 lathe_SOURCES = core/cli/main.c core/cli/cli.h core/cli/cmd_train.c core/cli/cmd_plugins.c \
 	core/cli/cmd_config.c
+lathe_CFLAGS = $(AM_CFLAGS)
 lathe_LDADD = core/liblathe.la $(JANSSON_LIBS)
 
 lathe_includedir = $(includedir)/lathe

@@ -1,1 +1,1 @@
-EXTRA_DIST += examples/pretrain-tiny.ini examples/data/tiny-corpus.txt
+EXTRA_DIST += examples/pretrain-tiny.ini examples/data/tiny-corpus.txt examples/make-corpus.py

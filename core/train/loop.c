@@ -1,1 +1,358 @@
-/* stub */
+/* core/train/loop.c — the training loop.
+ *
+ *   for each optimizer step:
+ *     grad_accum times: batch = data.next; logits = model.forward;
+ *                       loss = loss.forward; backward(loss / grad_accum)
+ *     clip the global grad norm; optim.step(base_lr * schedule); zero grads
+ *     log; evaluate every eval_every; early stop; checkpoint
+ *
+ * Deterministic on the CPU for a given seed and thread count, so a resumed
+ * run continues the same loss curve. SIGINT/SIGTERM finish the current
+ * step, save a checkpoint and return LATHE_EINTR. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "io/metrics.h"
+#include "train/run_internal.h"
+#include "util/strutil.h"
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double scalar_of(const lathe_tensor *t)
+{
+    float v = 0.0f;
+    lathe_backend()->copy(&v, t->data, sizeof v, 0);
+    return v;
+}
+
+#define MODEL(run) ((const struct lathe_model_ops *)(run)->model.ops)
+#define DATA(run) ((const struct lathe_data_ops *)(run)->data.ops)
+#define LOSS(run) ((const struct lathe_loss_ops *)(run)->loss.ops)
+#define OPTIM(run) ((const struct lathe_optim_ops *)(run)->optim.ops)
+#define SCHED(run) ((const struct lathe_sched_ops *)(run)->sched.ops)
+
+/* One micro-batch: forward, loss, backward. *loss_out gets the loss value. */
+static int micro_step(struct lathe_run *run, int split, int train, float scale, double *loss_out,
+                      int64_t *tokens, int64_t *label_tokens)
+{
+    struct lathe_batch batch = {.size = sizeof batch};
+    lathe_scope_push();
+    int rc = DATA(run)->next(run->data.self, split, run->train.batch_size, &batch);
+    if (rc != LATHE_OK) {
+        lathe_scope_pop();
+        return rc == LATHE_EOF ? rc : lathe_error_prefix(rc, "[data] %s", run->data.name);
+    }
+    lathe_tensor *logits = MODEL(run)->forward(run->model.self, &batch, train);
+    if (!logits) {
+        rc = lathe_error_prefix(LATHE_EINVAL, "[model] %s: forward", run->model.name);
+        goto out;
+    }
+    lathe_tensor *loss = LOSS(run)->forward(run->loss.self, logits, &batch);
+    if (!loss) {
+        rc = lathe_error_prefix(LATHE_EINVAL, "[loss] %s", run->loss.name);
+        goto out;
+    }
+    *loss_out = scalar_of(loss);
+    if (!isfinite(*loss_out)) {
+        rc = lathe_error(LATHE_EINVAL, "the loss is %g: training diverged (lower [optim] lr or set [train] max_grad_norm)",
+                         *loss_out);
+        goto out;
+    }
+    if (train && (rc = lathe_backward(loss, scale)) != LATHE_OK)
+        goto out;
+    *tokens = batch.B * batch.T;
+    *label_tokens = batch.ntokens > 0 ? batch.ntokens : batch.B * batch.T;
+out:
+    lathe_scope_pop();
+    return rc;
+}
+
+static double grad_norm(struct lathe_run *run)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    double total = 0.0;
+    for (size_t i = 0; i < run->ntrainable; i++) {
+        lathe_tensor *p = run->trainable[i];
+        if (!p->grad)
+            continue;
+        double s = 0.0;
+        be->sumsq(&s, p->grad->data, lathe_tensor_numel(p->grad));
+        total += s;
+    }
+    return sqrt(total);
+}
+
+/* Global-norm clipping as torch.nn.utils.clip_grad_norm_. */
+static void clip_grads(struct lathe_run *run, double norm)
+{
+    double max = run->train.max_grad_norm;
+    if (max <= 0.0 || !(norm > max))
+        return;
+    float c = (float)(max / (norm + 1e-6));
+    const struct lathe_backend_ops *be = lathe_backend();
+    for (size_t i = 0; i < run->ntrainable; i++) {
+        lathe_tensor *g = run->trainable[i]->grad;
+        if (g)
+            be->scale(g->data, g->data, c, lathe_tensor_numel(g), 0);
+    }
+}
+
+/* Token-weighted mean loss over the eval split (or its first eval_batches). */
+static int evaluate(struct lathe_run *run, double *out)
+{
+    double sum = 0.0;
+    int64_t ntok = 0, nb = 0;
+    int rc = LATHE_OK;
+    lathe_no_grad_begin();
+    for (;;) {
+        double l;
+        int64_t tok, lab;
+        if (run->train.eval_batches && nb >= run->train.eval_batches) {
+            /* finish the pass so the next evaluation sees the same batches */
+            struct lathe_batch b = {.size = sizeof b};
+            lathe_scope_push();
+            rc = DATA(run)->next(run->data.self, LATHE_SPLIT_EVAL, run->train.batch_size, &b);
+            lathe_scope_pop();
+            if (rc == LATHE_EOF) {
+                rc = LATHE_OK;
+                break;
+            }
+            if (rc != LATHE_OK)
+                break;
+            continue;
+        }
+        rc = micro_step(run, LATHE_SPLIT_EVAL, 0, 1.0f, &l, &tok, &lab);
+        if (rc == LATHE_EOF) {
+            rc = LATHE_OK;
+            break;
+        }
+        if (rc != LATHE_OK)
+            break;
+        sum += l * (double)lab;
+        ntok += lab;
+        nb++;
+    }
+    lathe_no_grad_end();
+    if (rc == LATHE_OK && nb == 0)
+        rc = lathe_error(LATHE_EINVAL, "[data] %s has no eval split; set [train] eval_every = 0 or give the data an eval split",
+                         run->data.name);
+    if (rc == LATHE_OK)
+        *out = ntok ? sum / (double)ntok : 0.0;
+    return rc;
+}
+
+static int log_scalars(struct lathe_run *run, int64_t step, const char *const *names, const double *v, size_t n)
+{
+    for (size_t i = 0; i < run->nloggers; i++) {
+        int rc = run->log_ops[i]->scalars(run->log_self[i], step, names, v, n);
+        if (rc != LATHE_OK)
+            return lathe_error_prefix(rc, "logging step %lld", (long long)step);
+    }
+    return LATHE_OK;
+}
+
+static int open_loggers(struct lathe_run *run)
+{
+    if (run->jsonl)
+        run->log_ops[run->nloggers++] = &lathe_logger_jsonl;
+    if (run->tensorboard)
+        run->log_ops[run->nloggers++] = &lathe_logger_tensorboard;
+    for (size_t i = 0; i < run->nloggers; i++) {
+        int rc = run->log_ops[i]->create(NULL, &run->env, &run->log_self[i]);
+        if (rc != LATHE_OK)
+            return rc;
+    }
+    return LATHE_OK;
+}
+
+static size_t param_count(lathe_tensor *const *p, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += (size_t)lathe_tensor_numel(p[i]);
+    return c;
+}
+
+static int check_shapes(struct lathe_run *run)
+{
+    struct lathe_model_info mi = {0};
+    struct lathe_data_info di = {0};
+    int rc = MODEL(run)->info(run->model.self, &mi);
+    if (rc == LATHE_OK)
+        rc = DATA(run)->info(run->data.self, &di);
+    if (rc != LATHE_OK)
+        return rc;
+    if (di.vocab_size > 0 && mi.vocab_size > 0 && di.vocab_size > mi.vocab_size)
+        return lathe_error(LATHE_ECONFIG, "[data] %s yields token ids up to %lld but [model] %s has a vocabulary of %lld",
+                           run->data.name, (long long)di.vocab_size - 1, run->model.name, (long long)mi.vocab_size);
+    if (di.seq_len > 0 && mi.max_seq_len > 0 && di.seq_len > mi.max_seq_len)
+        return lathe_error(LATHE_ECONFIG, "[data] %s makes sequences of %lld tokens but [model] %s handles at most %lld",
+                           run->data.name, (long long)di.seq_len, run->model.name, (long long)mi.max_seq_len);
+    lathe_progress_note("model %s: %zu parameters, %zu trainable; data %s: %lld train / %lld eval items",
+                        run->model.name, param_count(run->params, run->nparams),
+                        param_count(run->trainable, run->ntrainable), run->data.name, (long long)di.train_items,
+                        (long long)di.eval_items);
+    return LATHE_OK;
+}
+
+static int prepare_output(struct lathe_run *run, struct lathe_loop_state *ls)
+{
+    int rc = lathe_mkdir_p(run->output_dir);
+    if (rc != LATHE_OK)
+        return rc;
+    char metrics[4200];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", run->output_dir);
+    if (run->resume) {
+        char dir[4300];
+        rc = lathe_checkpoint_load_latest(run, ls, dir, sizeof dir);
+        if (rc == LATHE_EOF)
+            return lathe_error(LATHE_EINVAL, "--resume: no checkpoint under %s/checkpoints to resume from",
+                               run->output_dir);
+        if (rc != LATHE_OK)
+            return rc;
+        lathe_progress_note("resumed from %s (step %lld)", dir, (long long)ls->step);
+        /* lines logged after that checkpoint are superseded by this run */
+        return lathe_metrics_truncate(metrics, ls->step);
+    }
+    if (lathe_checkpoint_exists(run))
+        return lathe_error(LATHE_EINVAL,
+                           "%s holds checkpoints of an earlier run; continue it with --resume, or choose another [run] output_dir",
+                           run->output_dir);
+    return lathe_metrics_set_aside(metrics);
+}
+
+int lathe_run_train(struct lathe_run *run)
+{
+    struct lathe_loop_state ls = {.best_eval = INFINITY};
+    const struct lathe_train_settings *t = &run->train;
+#ifdef _OPENMP
+    if (t->threads > 0)
+        omp_set_num_threads((int)t->threads);
+#endif
+    lathe_rng_seed(lathe_rng_global(), run->env.seed ^ 0x6c617468ULL);
+    int rc = check_shapes(run);
+    if (rc == LATHE_OK)
+        rc = prepare_output(run, &ls);
+    if (rc == LATHE_OK)
+        rc = open_loggers(run);
+    if (rc != LATHE_OK)
+        return rc;
+
+    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    stop_signal = 0;
+
+    const double base_lr = OPTIM(run)->base_lr(run->optim.self);
+    const float scale = 1.0f / (float)t->grad_accum;
+    double started = now_s();
+    int64_t first = ls.step;
+    int stop_early = 0;
+    while (rc == LATHE_OK && ls.step < t->steps && !stop_signal && !stop_early) {
+        double t0 = now_s();
+        double lr = base_lr * SCHED(run)->factor(run->sched.self, ls.step, t->steps);
+        double loss_sum = 0.0;
+        int64_t tokens = 0;
+        for (int64_t m = 0; rc == LATHE_OK && m < t->grad_accum; m++) {
+            double l;
+            int64_t tok, lab;
+            rc = micro_step(run, LATHE_SPLIT_TRAIN, 1, scale, &l, &tok, &lab);
+            if (rc == LATHE_EOF)
+                rc = lathe_error(LATHE_EINVAL, "[data] %s: the train split ran dry", run->data.name);
+            loss_sum += l;
+            tokens += tok;
+        }
+        if (rc != LATHE_OK)
+            break;
+        double norm = grad_norm(run);
+        if (!isfinite(norm)) {
+            rc = lathe_error(LATHE_EINVAL, "step %lld: the gradient norm is %g; lower [optim] lr",
+                             (long long)ls.step + 1, norm);
+            break;
+        }
+        clip_grads(run, norm);
+        if ((rc = OPTIM(run)->step(run->optim.self, lr)) != LATHE_OK) {
+            rc = lathe_error_prefix(rc, "[optim] %s", run->optim.name);
+            break;
+        }
+        for (size_t i = 0; i < run->ntrainable; i++)
+            lathe_tensor_zero_grad(run->trainable[i]);
+        ls.step++;
+        ls.tokens_seen += tokens;
+        double dt = now_s() - t0;
+        double loss = loss_sum / (double)t->grad_accum;
+        double tps = dt > 0 ? (double)tokens / dt : 0.0;
+        double eta = (now_s() - started) / (double)(ls.step - first) * (double)(t->steps - ls.step);
+        if (ls.step % t->log_every == 0 || ls.step == t->steps) {
+            static const char *const names[] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"};
+            double v[] = {loss, lr, norm, tps};
+            rc = log_scalars(run, ls.step, names, v, 4);
+            lathe_progress_step(run, ls.step, loss, lr, norm, tps, eta);
+        }
+        int last = ls.step == t->steps;
+        if (rc == LATHE_OK && t->eval_every && (ls.step % t->eval_every == 0 || last)) {
+            double el;
+            rc = evaluate(run, &el);
+            if (rc == LATHE_OK) {
+                static const char *const names[] = {"eval/loss"};
+                rc = log_scalars(run, ls.step, names, &el, 1);
+                int improved = el < ls.best_eval - t->min_delta;
+                if (improved) {
+                    ls.best_eval = el;
+                    ls.bad_evals = 0;
+                } else {
+                    ls.bad_evals++;
+                }
+                lathe_progress_eval(run, ls.step, el, improved);
+                if (t->patience && ls.bad_evals >= t->patience) {
+                    lathe_progress_note("early stop at step %lld: eval loss has not improved on %.6f for %lld evaluations",
+                                        (long long)ls.step, ls.best_eval, (long long)ls.bad_evals);
+                    stop_early = 1;
+                }
+            }
+        }
+        if (rc == LATHE_OK && (last || stop_early || stop_signal ||
+                               (t->checkpoint_every && ls.step % t->checkpoint_every == 0)))
+            rc = lathe_checkpoint_save(run, &ls);
+    }
+    lathe_progress_done(run);
+    for (size_t i = 0; i < run->nloggers; i++)
+        if (LATHE_OPS_HAS(run->log_ops[i], struct lathe_logger_ops, flush))
+            run->log_ops[i]->flush(run->log_self[i]);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc == LATHE_OK && stop_signal) {
+        lathe_progress_note("stopped by signal %d at step %lld; checkpoint saved, continue with --resume",
+                            (int)stop_signal, (long long)ls.step);
+        return lathe_error(LATHE_EINTR, "interrupted at step %lld (checkpoint saved)", (long long)ls.step);
+    }
+    if (rc == LATHE_OK && MODEL(run)->save && LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save)) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/final", run->output_dir);
+        rc = lathe_mkdir_p(dir);
+        if (rc == LATHE_OK)
+            rc = MODEL(run)->save(run->model.self, dir);
+        if (rc == LATHE_OK)
+            lathe_progress_note("model written to %s", dir);
+    }
+    return rc;
+}

@@ -1,1 +1,301 @@
-/* stub */
+/* core/train/run.c — from an INI file to live components.
+ *
+ * Reads [run], [train] and [log], opens the plugin registry (search order:
+ * --plugin-path, $LATHE_PLUGIN_PATH, [plugins] path, the installed
+ * directory), and creates one instance per component section: [model],
+ * [data], [loss], [optim], [schedule], [peft]. Afterwards every
+ * key of the file must have been read by someone. */
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/metrics.h"
+#include "train/run_internal.h"
+
+static const char *basename_noext(const char *path, char *buf, size_t n)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    snprintf(buf, n, "%s", b);
+    char *dot = strrchr(buf, '.');
+    if (dot && dot != buf)
+        *dot = '\0';
+    return buf;
+}
+
+/* [plugins] path entries are relative to the INI file's directory. */
+static int plugin_ini_path(struct lathe_run *run, char **out)
+{
+    *out = NULL;
+    lathe_section *s = lathe_config_section(run->cfg, "plugins");
+    const char *const *items;
+    size_t n;
+    int rc = lathe_cfg_list(s, "path", "", &items, &n);
+    if (rc != LATHE_OK || n == 0)
+        return rc;
+    char inidir[PATH_MAX];
+    snprintf(inidir, sizeof inidir, "%s", lathe_config_path(run->cfg));
+    const char *dir = dirname(inidir);
+    size_t cap = 1;
+    for (size_t i = 0; i < n; i++)
+        cap += strlen(dir) + strlen(items[i]) + 2;
+    char *p = calloc(1, cap);
+    if (!p)
+        return lathe_error(LATHE_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(p, ":");
+        if (items[i][0] != '/') {
+            strcat(p, dir);
+            strcat(p, "/");
+        }
+        strcat(p, items[i]);
+    }
+    *out = p;
+    return LATHE_OK;
+}
+
+static int open_registry(struct lathe_run *run, const char *cli_path)
+{
+    char *ini_path = NULL;
+    int rc = plugin_ini_path(run, &ini_path);
+    char **dirs = NULL;
+    size_t n = 0;
+    if (rc == LATHE_OK)
+        rc = lathe_plugin_dirs(cli_path, ini_path, &dirs, &n);
+    if (rc == LATHE_OK)
+        rc = lathe_registry_open(&run->reg, (const char *const *)dirs, n);
+    lathe_plugin_dirs_free(dirs, n);
+    free(ini_path);
+    return rc;
+}
+
+/* Resolve [section] plugin to a component's ops. def: the default plugin
+ * name, or NULL when the section is required. */
+static int find_component(struct lathe_run *run, int kind, const char *section, const char *def,
+                          struct lathe_component_inst *ci)
+{
+    lathe_section *s = lathe_config_section(run->cfg, section);
+    const char *name;
+    int rc = lathe_cfg_string(s, "plugin", def, &name);
+    if (rc != LATHE_OK)
+        return rc;
+    rc = lathe_registry_find(run->reg, kind, name, &ci->ops, &ci->file);
+    if (rc != LATHE_OK)
+        return lathe_error_prefix(rc, "%s: [%s] plugin = %s", lathe_config_path(run->cfg), section, name);
+    ci->kind = kind;
+    ci->section = lathe_section_name(s);
+    ci->name = name;
+    return LATHE_OK;
+}
+
+static int created(const struct lathe_component_inst *ci, int rc)
+{
+    if (rc != LATHE_OK)
+        return lathe_error_prefix(rc, "[%s] %s (%s)", ci->section, ci->name, ci->file);
+    return rc;
+}
+
+/* The components whose create takes (cfg, env, self). */
+static int create_simple(struct lathe_run *run, struct lathe_component_inst *ci)
+{
+    lathe_section *s = lathe_config_section(run->cfg, ci->section);
+    const struct lathe_env *env = &run->env;
+    int rc;
+    switch (ci->kind) {
+    case LATHE_KIND_MODEL: rc = ((const struct lathe_model_ops *)ci->ops)->create(s, env, &ci->self); break;
+    case LATHE_KIND_DATA: rc = ((const struct lathe_data_ops *)ci->ops)->create(s, env, &ci->self); break;
+    case LATHE_KIND_LOSS: rc = ((const struct lathe_loss_ops *)ci->ops)->create(s, env, &ci->self); break;
+    case LATHE_KIND_SCHEDULER: rc = ((const struct lathe_sched_ops *)ci->ops)->create(s, env, &ci->self); break;
+    case LATHE_KIND_PEFT: rc = ((const struct lathe_peft_ops *)ci->ops)->create(s, env, &ci->self); break;
+    case LATHE_KIND_LOGGER: rc = ((const struct lathe_logger_ops *)ci->ops)->create(s, env, &ci->self); break;
+    default: rc = lathe_error(LATHE_EINVAL, "internal: kind %d has no simple create", ci->kind);
+    }
+    return created(ci, rc);
+}
+
+static void destroy_component(struct lathe_component_inst *ci)
+{
+    if (!ci->self)
+        return;
+    switch (ci->kind) {
+    case LATHE_KIND_MODEL: ((const struct lathe_model_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_DATA: ((const struct lathe_data_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_LOSS: ((const struct lathe_loss_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_OPTIMIZER: ((const struct lathe_optim_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_SCHEDULER: ((const struct lathe_sched_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_PEFT: ((const struct lathe_peft_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_LOGGER: ((const struct lathe_logger_ops *)ci->ops)->destroy(ci->self); break;
+    default: break;
+    }
+    ci->self = NULL;
+}
+
+static int read_run_settings(struct lathe_run *run)
+{
+    lathe_section *s = lathe_config_section(run->cfg, "run");
+    char base[256], def_out[512];
+    snprintf(def_out, sizeof def_out, "runs/%s",
+             basename_noext(lathe_config_path(run->cfg), base, sizeof base));
+    const char *out;
+    int64_t seed;
+    int device, precision;
+    static const char *const devices[] = {"cpu", "cuda", NULL};
+    static const char *const precisions[] = {"fp32", "bf16", "fp16", NULL};
+    int rc;
+    if ((rc = lathe_cfg_string(s, "output_dir", def_out, &out)) ||
+        (rc = lathe_cfg_int(s, "seed", 1234, 0, INT64_MAX, &seed)) ||
+        (rc = lathe_cfg_choice(s, "device", "cpu", devices, &device)) ||
+        (rc = lathe_cfg_choice(s, "precision", "fp32", precisions, &precision)))
+        return rc;
+    if (device != LATHE_DEVICE_CPU)
+        return lathe_cfg_error(s, "device", "no CUDA backend plugin is available in this build; use device = cpu");
+    if (precision != LATHE_PRECISION_FP32)
+        return lathe_cfg_error(s, "precision",
+                               "only fp32 compute is implemented on the CPU backend; use precision = fp32");
+    snprintf(run->output_dir, sizeof run->output_dir, "%s", out);
+    run->env.size = sizeof run->env;
+    run->env.output_dir = run->output_dir;
+    run->env.seed = (uint64_t)seed;
+    run->env.device = device;
+    run->env.precision = precision;
+    run->env.rank = 0;
+    run->env.world_size = 1;
+    run->env.config = run->cfg;
+
+    struct lathe_train_settings *t = &run->train;
+    s = lathe_config_section(run->cfg, "train");
+    if ((rc = lathe_cfg_require(s, "steps")) ||
+        (rc = lathe_cfg_int(s, "steps", 0, 1, INT64_MAX / 2, &t->steps)) ||
+        (rc = lathe_cfg_int(s, "batch_size", 8, 1, 1 << 20, &t->batch_size)) ||
+        (rc = lathe_cfg_int(s, "grad_accum", 1, 1, 1 << 20, &t->grad_accum)) ||
+        (rc = lathe_cfg_float(s, "max_grad_norm", 1.0, 0.0, 1e30, &t->max_grad_norm)) ||
+        (rc = lathe_cfg_int(s, "eval_every", 0, 0, INT64_MAX, &t->eval_every)) ||
+        (rc = lathe_cfg_int(s, "eval_batches", 0, 0, INT64_MAX, &t->eval_batches)) ||
+        (rc = lathe_cfg_int(s, "log_every", 1, 1, INT64_MAX, &t->log_every)) ||
+        (rc = lathe_cfg_int(s, "checkpoint_every", 0, 0, INT64_MAX, &t->checkpoint_every)) ||
+        (rc = lathe_cfg_int(s, "keep_checkpoints", 2, 1, 1000000, &t->keep_checkpoints)) ||
+        (rc = lathe_cfg_int(s, "early_stopping_patience", 0, 0, INT64_MAX, &t->patience)) ||
+        (rc = lathe_cfg_float(s, "early_stopping_min_delta", 0.0, 0.0, 1e30, &t->min_delta)) ||
+        (rc = lathe_cfg_int(s, "threads", 0, 0, 4096, &t->threads)))
+        return rc;
+    if (t->patience > 0 && t->eval_every == 0)
+        return lathe_cfg_error(s, "early_stopping_patience",
+                               "early stopping needs evaluations; set eval_every > 0");
+    run->env.batch_size = t->batch_size;
+    run->env.grad_accum = t->grad_accum;
+    run->env.steps = t->steps;
+
+    s = lathe_config_section(run->cfg, "log");
+    if ((rc = lathe_cfg_bool(s, "tensorboard", 1, &run->tensorboard)) ||
+        (rc = lathe_cfg_bool(s, "jsonl", 1, &run->jsonl)))
+        return rc;
+    return LATHE_OK;
+}
+
+static int collect_params(struct lathe_run *run)
+{
+    const struct lathe_model_ops *mo = run->model.ops;
+    int rc = mo->params(run->model.self, &run->params, &run->nparams);
+    if (rc != LATHE_OK)
+        return created(&run->model, rc);
+    if (run->peft.ops) {
+        const struct lathe_peft_ops *po = run->peft.ops;
+        struct lathe_linear *const *lin = NULL;
+        size_t nlin = 0;
+        if (!LATHE_OPS_HAS(mo, struct lathe_model_ops, linears))
+            return lathe_error(LATHE_EUNSUPPORTED, "[peft] %s: model '%s' exposes no linear layers to wrap",
+                               run->peft.name, run->model.name);
+        if ((rc = mo->linears(run->model.self, &lin, &nlin)) != LATHE_OK)
+            return created(&run->model, rc);
+        if ((rc = po->apply(run->peft.self, lin, nlin, run->params, run->nparams)) != LATHE_OK)
+            return created(&run->peft, rc);
+    }
+    lathe_tensor *const *extra = NULL;
+    size_t nextra = 0;
+    if (run->peft.ops && (rc = ((const struct lathe_peft_ops *)run->peft.ops)->params(run->peft.self, &extra, &nextra)))
+        return created(&run->peft, rc);
+    run->trainable = calloc(run->nparams + nextra + 1, sizeof *run->trainable);
+    if (!run->trainable)
+        return lathe_error(LATHE_ENOMEM, "out of memory");
+    for (size_t i = 0; i < run->nparams; i++)
+        if (run->params[i]->requires_grad)
+            run->trainable[run->ntrainable++] = run->params[i];
+    for (size_t i = 0; i < nextra; i++)
+        if (extra[i]->requires_grad)
+            run->trainable[run->ntrainable++] = extra[i];
+    if (run->ntrainable == 0)
+        return lathe_error(LATHE_EINVAL, "the model has no trainable parameter");
+    return LATHE_OK;
+}
+
+int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
+{
+    *out = NULL;
+    struct lathe_run *run = calloc(1, sizeof *run);
+    if (!run)
+        return lathe_error(LATHE_ENOMEM, "out of memory");
+    run->resume = o->resume;
+    int rc = LATHE_OK;
+    run->cfg = lathe_config_load(o->ini_path);
+    if (!run->cfg)
+        rc = LATHE_ECONFIG;
+    for (size_t i = 0; rc == LATHE_OK && i < o->noverrides; i++)
+        rc = lathe_config_override(run->cfg, o->overrides[i]);
+    if (rc == LATHE_OK)
+        rc = read_run_settings(run);
+    if (rc == LATHE_OK)
+        rc = open_registry(run, o->plugin_path);
+    /* model first: the others may ask it (vocabulary, context) */
+    if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_MODEL, "model", NULL, &run->model)))
+        rc = create_simple(run, &run->model);
+    if (rc == LATHE_OK && lathe_config_has_section(run->cfg, "peft") &&
+        !(rc = find_component(run, LATHE_KIND_PEFT, "peft", NULL, &run->peft)))
+        rc = create_simple(run, &run->peft);
+    if (rc == LATHE_OK)
+        rc = collect_params(run);
+    if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_DATA, "data", NULL, &run->data)))
+        rc = create_simple(run, &run->data);
+    if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_LOSS, "loss", "cross-entropy", &run->loss)))
+        rc = create_simple(run, &run->loss);
+    if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_SCHEDULER, "schedule", "constant", &run->sched)))
+        rc = create_simple(run, &run->sched);
+    if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_OPTIMIZER, "optim", "adamw", &run->optim))) {
+        const struct lathe_optim_ops *oo = run->optim.ops;
+        rc = created(&run->optim, oo->create(lathe_config_section(run->cfg, "optim"), &run->env, run->trainable,
+                                             run->ntrainable, &run->optim.self));
+    }
+    if (rc == LATHE_OK)
+        rc = lathe_config_check_unused(run->cfg);
+    if (rc != LATHE_OK) {
+        lathe_run_destroy(run);
+        return rc;
+    }
+    *out = run;
+    return LATHE_OK;
+}
+
+void lathe_run_destroy(struct lathe_run *run)
+{
+    if (!run)
+        return;
+    for (size_t i = 0; i < run->nloggers; i++)
+        if (run->log_self[i])
+            run->log_ops[i]->destroy(run->log_self[i]);
+    destroy_component(&run->optim);
+    destroy_component(&run->sched);
+    destroy_component(&run->loss);
+    destroy_component(&run->data);
+    destroy_component(&run->peft);
+    destroy_component(&run->model);
+    free(run->trainable);
+    lathe_registry_close(run->reg);
+    lathe_config_free(run->cfg);
+    free(run);
+}
+
+int lathe_run_dump_config(struct lathe_run *run, FILE *f)
+{
+    return lathe_config_dump(run->cfg, f);
+}

@@ -1,0 +1,74 @@
+/* core/train/run_internal.h — the run's fields, shared by run.c, loop.c and
+ * checkpoint.c. */
+#ifndef LATHE_CORE_RUN_INTERNAL_H
+#define LATHE_CORE_RUN_INTERNAL_H
+
+#include "plugin/loader.h"
+#include "train/run.h"
+
+#define LATHE_MAX_LOGGERS 8
+
+struct lathe_train_settings {
+    int64_t steps, batch_size, grad_accum;
+    double max_grad_norm;            /* 0: no clipping */
+    int64_t eval_every, eval_batches;
+    int64_t log_every, checkpoint_every, keep_checkpoints;
+    int64_t patience;                /* evaluations without improvement; 0: off */
+    double min_delta;
+    int64_t threads;
+};
+
+struct lathe_run {
+    lathe_config *cfg;
+    struct lathe_registry *reg;
+    struct lathe_env env;
+    struct lathe_train_settings train;
+    char output_dir[4096];
+    int resume;
+    int tensorboard, jsonl;
+
+    struct lathe_component_inst model, data, loss, optim, sched, peft;
+    /* every parameter, and the trainable ones (what the optimizer sees) */
+    lathe_tensor *const *params;
+    size_t nparams;
+    lathe_tensor **trainable;
+    size_t ntrainable;
+    /* loggers: the built-in metrics.jsonl and TensorBoard writers */
+    const struct lathe_logger_ops *log_ops[LATHE_MAX_LOGGERS];
+    void *log_self[LATHE_MAX_LOGGERS];
+    size_t nloggers;
+};
+
+/* Loop state that checkpoints carry besides the components' own. */
+struct lathe_loop_state {
+    int64_t step;                    /* optimizer updates done */
+    int64_t tokens_seen;
+    double best_eval;                /* +inf until the first evaluation */
+    int64_t bad_evals;               /* evaluations since the best */
+};
+
+/* checkpoint.c */
+int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *ls);
+/* Whether OUTPUT_DIR/checkpoints holds a complete checkpoint. */
+int lathe_checkpoint_exists(const struct lathe_run *run);
+/* Finds the newest complete checkpoint under output_dir; LATHE_EOF if none. */
+int lathe_checkpoint_load_latest(struct lathe_run *run, struct lathe_loop_state *ls, char *dir, size_t n);
+
+/* progress.c: metrics.jsonl housekeeping. Drop the lines of steps after
+ * `step` (a resumed run logs them again). */
+int lathe_metrics_truncate(const char *path, int64_t step);
+/* A fresh run keeps an earlier metrics file as PATH.N (first free N). */
+int lathe_metrics_set_aside(const char *path);
+
+/* progress.c: what a person watching sees. */
+void lathe_progress_step(const struct lathe_run *run, int64_t step, double loss, double lr,
+                         double grad_norm, double tokens_per_s, double eta_s);
+void lathe_progress_eval(const struct lathe_run *run, int64_t step, double eval_loss, int improved);
+void lathe_progress_done(const struct lathe_run *run);
+void lathe_progress_note(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+#endif
