@@ -43,7 +43,7 @@ echo "ok: lathe config fills in defaults"
 echo "ok: overrides win and may stand anywhere"
 
 sed 's/^heads = 2/hedas = 2/' "$ini" > "$WORK/typo.ini"
-expect_fail "unknown key" "typo.ini:9: .*'hedas'.*did you mean 'heads'" "$LATHE" config "$WORK/typo.ini"
+expect_fail "unknown key" "typo.ini:8: .*'hedas'.*did you mean 'heads'" "$LATHE" config "$WORK/typo.ini"
 sed 's/^seed = 7/seed = seven/' "$ini" > "$WORK/bad.ini"
 expect_fail "bad integer" "bad.ini:3: .*\[run\] seed" "$LATHE" config "$WORK/bad.ini"
 sed 's/^\[train\]/[trian]/' "$ini" > "$WORK/sec.ini"

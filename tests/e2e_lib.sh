@@ -11,7 +11,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # expect_fail NAME PATTERN CMD...: CMD must fail and print PATTERN (grep -E) on stderr
 expect_fail() {
   name=$1; pat=$2; shift 2
-  if "$@" >"$WORK/out" 2>"$WORK/err"; then fail "$name: succeeded but should have failed"; fi
+  if "$@" >"$WORK/stdout" 2>"$WORK/err"; then fail "$name: succeeded but should have failed"; fi
   grep -Eq -- "$pat" "$WORK/err" || { cat "$WORK/err" >&2; fail "$name: message does not match /$pat/"; }
   echo "ok: $name: $(head -c 300 "$WORK/err")"
 }

@@ -1,1 +1,106 @@
-/* stub */
+/* core/ops/attention.c — causal scaled-dot-product attention with
+ * grouped-query heads and optional segment ids (kernel notes in
+ * core/cpu/attention.c). The probabilities [B, H, T, T] are kept for the
+ * backward; without a gradient to compute they are freed with the scope. */
+#include <math.h>
+
+#include <lathe/ops.h>
+
+#include "tensor/autograd.h"
+
+static void sdpa_kernel_backward(struct lathe_node *nd, float *dq, float *dk, float *dv)
+{
+    lathe_tensor *q = nd->in[0], *k = nd->in[1], *v = nd->in[2];
+    lathe_backend()->attention_backward(dq, dk, dv, nd->out->grad->data, q->data, k->data,
+                                        v->data, nd->saved[0]->data, nd->i[0], nd->i[1],
+                                        nd->i[2], nd->i[3], nd->i[4], nd->f[0]);
+}
+
+/* in: q, k, v[, segments]; saved: att; i: B, T, H, Hkv, D; f: scale */
+static void sdpa_backward(struct lathe_node *nd)
+{
+    float *dq = lathe_node_grad(nd->in[0]); /* [B, T, H, D] */
+    float *dk = lathe_node_grad(nd->in[1]); /* [B, T, Hkv, D] */
+    float *dv = lathe_node_grad(nd->in[2]); /* [B, T, Hkv, D] */
+    if (!dq && !dk && !dv)
+        return;
+    /* lathe_sdpa(x, x, x) (H == Hkv) gives one buffer two or three
+     * gradients; kernels may assume distinct outputs, so add them in turn */
+    if ((dq && (dq == dk || dq == dv)) || (dk && dk == dv)) {
+        if (dq)
+            sdpa_kernel_backward(nd, dq, NULL, NULL);
+        if (dk)
+            sdpa_kernel_backward(nd, NULL, dk, NULL);
+        if (dv)
+            sdpa_kernel_backward(nd, NULL, NULL, dv);
+    } else {
+        sdpa_kernel_backward(nd, dq, dk, dv);
+    }
+}
+
+lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
+                         lathe_tensor *segments, float scale)
+{
+    LATHE_OP_CHECK_INPUTS(q, k, v);
+    const char *op = "lathe_sdpa";
+    if (lathe_op_expect_f32(op, q) || lathe_op_expect_f32(op, k) || lathe_op_expect_f32(op, v) ||
+        (segments && lathe_op_expect_i32(op, segments)))
+        return NULL;
+    char sq[96], sk[96], sv[96], ss[96];
+    lathe_tensor_shape_str(q, sq, sizeof sq);
+    lathe_tensor_shape_str(k, sk, sizeof sk);
+    lathe_tensor_shape_str(v, sv, sizeof sv);
+    if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4) {
+        lathe_error(LATHE_EINVAL, "%s: q %s, k %s, v %s must all be 4-D: q [B, T, H, D], "
+                                  "k and v [B, T, Hkv, D]", op, sq, sk, sv);
+        return NULL;
+    }
+    int64_t B = q->shape[0], T = q->shape[1], H = q->shape[2], D = q->shape[3];
+    int64_t Hkv = k->shape[2];
+    if (k->shape[0] != B || k->shape[1] != T || k->shape[3] != D ||
+        !lathe_tensor_same_shape(k, v)) {
+        lathe_error(LATHE_EINVAL, "%s: q %s needs k and v of shape [%lld, %lld, Hkv, %lld], "
+                                  "got k %s, v %s", op, sq, (long long)B, (long long)T,
+                    (long long)D, sk, sv);
+        return NULL;
+    }
+    if (Hkv == 0 || H % Hkv != 0) {
+        lathe_error(LATHE_EINVAL, "%s: q %s has %lld heads and k %s has %lld kv heads; the query "
+                                  "heads must be a multiple of the kv heads", op, sq,
+                    (long long)H, sk, (long long)Hkv);
+        return NULL;
+    }
+    if (segments && (segments->ndim != 2 || segments->shape[0] != B || segments->shape[1] != T)) {
+        lathe_error(LATHE_EINVAL, "%s: q %s needs segments of shape [%lld, %lld], got %s", op, sq,
+                    (long long)B, (long long)T,
+                    lathe_tensor_shape_str(segments, ss, sizeof ss));
+        return NULL;
+    }
+    if (T > INT32_MAX || H * D > INT32_MAX) {
+        lathe_error(LATHE_EINVAL,
+                    "%s: q %s is too large: T and H*D must fit the 32-bit sizes of BLAS", op, sq);
+        return NULL;
+    }
+    if (!(scale > 0.0f))
+        scale = D > 0 ? 1.0f / sqrtf((float)D) : 1.0f;
+    lathe_tensor *out = lathe_op_result(LATHE_F32, 4, q->shape);
+    int64_t ashape[4] = {B, H, T, T};
+    lathe_tensor *att = lathe_op_result(LATHE_F32, 4, ashape);
+    if (!out || !att)
+        return NULL;
+    lathe_backend()->attention_forward(out->data, att->data, q->data, k->data, v->data,
+                                       segments ? segments->data : NULL, B, T, H, Hkv, D,
+                                       scale);
+    lathe_tensor *in[4] = {q, k, v, segments};
+    struct lathe_node *nd = lathe_node_record(out, sdpa_backward, segments ? 4 : 3, in);
+    if (nd) {
+        nd->saved[0] = att;
+        nd->i[0] = B;
+        nd->i[1] = T;
+        nd->i[2] = H;
+        nd->i[3] = Hkv;
+        nd->i[4] = D;
+        nd->f[0] = scale;
+    }
+    return out;
+}

@@ -1,1 +1,179 @@
-/* stub */
+/* core/ops/linear.c — matmul, linear and the hookable linear layer. */
+#include <lathe/model.h>
+#include <lathe/ops.h>
+
+#include "tensor/autograd.h"
+
+/* ---- matmul --------------------------------------------------------- */
+
+enum { MM_TRANS_B, MM_BATCH, MM_M, MM_N, MM_K, MM_SHARED };
+
+static void matmul_backward(struct lathe_node *nd)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    lathe_tensor *a = nd->in[0], *b = nd->in[1];
+    const float *dout = nd->out->grad->data; /* [batch, M, N] */
+    int trans_b = (int)nd->i[MM_TRANS_B], shared = (int)nd->i[MM_SHARED];
+    int64_t batch = nd->i[MM_BATCH], M = nd->i[MM_M], N = nd->i[MM_N], K = nd->i[MM_K];
+    float *da = lathe_node_grad(a); /* [batch, M, K] */
+    float *db = lathe_node_grad(b); /* [batch?, K, N], or [batch?, N, K] when trans_b */
+    /* A shared b sees all batch items as one tall matrix of batch*M rows,
+     * so its gradient sums over the batch in one GEMM. */
+    int64_t rows = shared ? batch * M : M, items = shared ? 1 : batch;
+    if (da) {
+        /* da += dout · op(b)^T */
+        be->gemm(0, !trans_b, rows, K, N, 1.0f, dout, b->data, 1.0f, da, items, M * N,
+                 shared ? 0 : K * N, M * K);
+    }
+    if (db) {
+        if (!trans_b) /* db[K,N] += a^T · dout */
+            be->gemm(1, 0, K, N, rows, 1.0f, a->data, dout, 1.0f, db, items, M * K, M * N,
+                     K * N);
+        else /* db[N,K] += dout^T · a */
+            be->gemm(1, 0, N, K, rows, 1.0f, dout, a->data, 1.0f, db, items, M * N, M * K,
+                     K * N);
+    }
+}
+
+lathe_tensor *lathe_matmul(lathe_tensor *a, lathe_tensor *b, int trans_b)
+{
+    LATHE_OP_CHECK_INPUTS(a, b);
+    if (lathe_op_expect_f32("lathe_matmul", a) || lathe_op_expect_f32("lathe_matmul", b))
+        return NULL;
+    char sa[96], sb[96];
+    lathe_tensor_shape_str(a, sa, sizeof sa);
+    lathe_tensor_shape_str(b, sb, sizeof sb);
+    if (a->ndim < 2 || b->ndim < 2) {
+        lathe_error(LATHE_EINVAL, "lathe_matmul: a %s and b %s: both need at least 2 dims "
+                                  "(reshape a vector to [1, n] or [n, 1])", sa, sb);
+        return NULL;
+    }
+    int na = a->ndim, nb = b->ndim;
+    int64_t M = a->shape[na - 2], K = a->shape[na - 1];
+    int64_t Kb = trans_b ? b->shape[nb - 1] : b->shape[nb - 2];
+    int64_t N = trans_b ? b->shape[nb - 2] : b->shape[nb - 1];
+    if (K != Kb) {
+        lathe_error(LATHE_EINVAL, "lathe_matmul: a %s and b %s%s: inner dims differ (%lld vs %lld)",
+                    sa, sb, trans_b ? " (b transposed)" : "", (long long)K, (long long)Kb);
+        return NULL;
+    }
+    int shared = nb == 2;
+    int64_t batch = 1;
+    for (int d = 0; d < na - 2; d++)
+        batch *= a->shape[d];
+    if (!shared) {
+        int same = nb == na;
+        for (int d = 0; same && d < na - 2; d++)
+            same = a->shape[d] == b->shape[d];
+        if (!same) {
+            lathe_error(LATHE_EINVAL, "lathe_matmul: a %s and b %s: batch dims differ (b must "
+                                      "have a's leading dims, or be 2-D and shared)", sa, sb);
+            return NULL;
+        }
+    }
+    int64_t shape[LATHE_MAX_DIMS];
+    for (int d = 0; d < na - 2; d++)
+        shape[d] = a->shape[d];
+    shape[na - 2] = M;
+    shape[na - 1] = N;
+    lathe_tensor *out = lathe_op_result(LATHE_F32, na, shape);
+    if (!out)
+        return NULL;
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (shared)
+        be->gemm(0, trans_b, batch * M, N, K, 1.0f, a->data, b->data, 0.0f, out->data, 1, 0, 0,
+                 0);
+    else
+        be->gemm(0, trans_b, M, N, K, 1.0f, a->data, b->data, 0.0f, out->data, batch, M * K,
+                 K * N, M * N);
+    lathe_tensor *in[2] = {a, b};
+    struct lathe_node *nd = lathe_node_record(out, matmul_backward, 2, in);
+    if (nd) {
+        nd->i[MM_TRANS_B] = trans_b != 0;
+        nd->i[MM_BATCH] = batch;
+        nd->i[MM_M] = M;
+        nd->i[MM_N] = N;
+        nd->i[MM_K] = K;
+        nd->i[MM_SHARED] = shared;
+    }
+    return out;
+}
+
+/* ---- linear --------------------------------------------------------- */
+
+static void linear_backward(struct lathe_node *nd)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    lathe_tensor *x = nd->in[0], *w = nd->in[1];
+    int64_t N = nd->i[0], IC = nd->i[1], OC = nd->i[2];
+    const float *dout = nd->out->grad->data; /* [N, OC] */
+    float *dx = lathe_node_grad(x);          /* [N, IC] */
+    float *dw = lathe_node_grad(w);          /* [OC, IC] */
+    if (dx) /* dx += dout · w */
+        be->gemm(0, 0, N, IC, OC, 1.0f, dout, w->data, 1.0f, dx, 1, 0, 0, 0);
+    if (dw) /* dw += dout^T · x, straight into the gradient (beta = 1) */
+        be->gemm(1, 0, OC, IC, N, 1.0f, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
+    if (nd->nin > 2) {
+        float *db = lathe_node_grad(nd->in[2]); /* [OC] */
+        if (db)
+            be->bias_backward(db, dout, N, OC);
+    }
+}
+
+lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias)
+{
+    LATHE_OP_CHECK_INPUTS(x, w);
+    if (lathe_op_expect_f32("lathe_linear", x) || lathe_op_expect_f32("lathe_linear", w) ||
+        (bias && lathe_op_expect_f32("lathe_linear", bias)))
+        return NULL;
+    char sx[96], sw[96];
+    lathe_tensor_shape_str(x, sx, sizeof sx);
+    lathe_tensor_shape_str(w, sw, sizeof sw);
+    if (w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1]) {
+        lathe_error(LATHE_EINVAL, "lathe_linear: x %s and w %s: w must be [out, in] with in = "
+                                  "x's last dim", sx, sw);
+        return NULL;
+    }
+    int64_t IC = w->shape[1], OC = w->shape[0], N = lathe_op_rows(x);
+    if (bias && (bias->ndim != 1 || bias->shape[0] != OC)) {
+        char sbias[96];
+        lathe_error(LATHE_EINVAL, "lathe_linear: bias %s does not match w %s (want [%lld])",
+                    lathe_tensor_shape_str(bias, sbias, sizeof sbias), sw, (long long)OC);
+        return NULL;
+    }
+    int64_t shape[LATHE_MAX_DIMS];
+    for (int d = 0; d < x->ndim - 1; d++)
+        shape[d] = x->shape[d];
+    shape[x->ndim - 1] = OC;
+    lathe_tensor *out = lathe_op_result(LATHE_F32, x->ndim, shape);
+    if (!out)
+        return NULL;
+    const struct lathe_backend_ops *be = lathe_backend();
+    be->gemm(0, 1, N, OC, IC, 1.0f, x->data, w->data, 0.0f, out->data, 1, 0, 0, 0);
+    if (bias)
+        be->bias_forward(out->data, bias->data, N, OC);
+    lathe_tensor *in[3] = {x, w, bias};
+    struct lathe_node *nd = lathe_node_record(out, linear_backward, bias ? 3 : 2, in);
+    if (nd) {
+        nd->i[0] = N;
+        nd->i[1] = IC;
+        nd->i[2] = OC;
+    }
+    return out;
+}
+
+lathe_tensor *lathe_linear_forward(struct lathe_linear *l, lathe_tensor *x)
+{
+    if (!l) {
+        lathe_error(LATHE_EINVAL, "lathe_linear_forward: layer is NULL");
+        return NULL;
+    }
+    lathe_tensor *out = lathe_linear(x, l->weight, l->bias);
+    if (!out) {
+        /* Name the layer when the failure is its own, not an upstream NULL. */
+        if (x && l->weight && l->name)
+            lathe_error_prefix(LATHE_EINVAL, "%s", l->name);
+        return NULL;
+    }
+    return l->hook ? l->hook(l->hook_self, l, x, out) : out;
+}

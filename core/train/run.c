@@ -90,10 +90,19 @@ static int find_component(struct lathe_run *run, int kind, const char *section, 
     return LATHE_OK;
 }
 
-static int created(const struct lathe_component_inst *ci, int rc)
+static int created(struct lathe_run *run, const struct lathe_component_inst *ci, int rc)
 {
-    if (rc != LATHE_OK)
-        return lathe_error_prefix(rc, "[%s] %s (%s)", ci->section, ci->name, ci->file);
+    if (rc == LATHE_OK)
+        return rc;
+    lathe_error_prefix(rc, "[%s] %s (%s)", ci->section, ci->name, ci->file);
+    /* a typo in the section is the likelier cause: report it first */
+    char why[1024];
+    snprintf(why, sizeof why, "%s", lathe_errmsg());
+    if (lathe_section_check_typos(lathe_config_section(run->cfg, ci->section)) != LATHE_OK) {
+        char typo[2048];
+        snprintf(typo, sizeof typo, "%s", lathe_errmsg());
+        return lathe_error(LATHE_ECONFIG, "%s\n  (which may be why: %s)", typo, why);
+    }
     return rc;
 }
 
@@ -112,7 +121,7 @@ static int create_simple(struct lathe_run *run, struct lathe_component_inst *ci)
     case LATHE_KIND_LOGGER: rc = ((const struct lathe_logger_ops *)ci->ops)->create(s, env, &ci->self); break;
     default: rc = lathe_error(LATHE_EINVAL, "internal: kind %d has no simple create", ci->kind);
     }
-    return created(ci, rc);
+    return created(run, ci, rc);
 }
 
 static void destroy_component(struct lathe_component_inst *ci)
@@ -199,7 +208,7 @@ static int collect_params(struct lathe_run *run)
     const struct lathe_model_ops *mo = run->model.ops;
     int rc = mo->params(run->model.self, &run->params, &run->nparams);
     if (rc != LATHE_OK)
-        return created(&run->model, rc);
+        return created(run, &run->model, rc);
     if (run->peft.ops) {
         const struct lathe_peft_ops *po = run->peft.ops;
         struct lathe_linear *const *lin = NULL;
@@ -208,14 +217,14 @@ static int collect_params(struct lathe_run *run)
             return lathe_error(LATHE_EUNSUPPORTED, "[peft] %s: model '%s' exposes no linear layers to wrap",
                                run->peft.name, run->model.name);
         if ((rc = mo->linears(run->model.self, &lin, &nlin)) != LATHE_OK)
-            return created(&run->model, rc);
+            return created(run, &run->model, rc);
         if ((rc = po->apply(run->peft.self, lin, nlin, run->params, run->nparams)) != LATHE_OK)
-            return created(&run->peft, rc);
+            return created(run, &run->peft, rc);
     }
     lathe_tensor *const *extra = NULL;
     size_t nextra = 0;
     if (run->peft.ops && (rc = ((const struct lathe_peft_ops *)run->peft.ops)->params(run->peft.self, &extra, &nextra)))
-        return created(&run->peft, rc);
+        return created(run, &run->peft, rc);
     run->trainable = calloc(run->nparams + nextra + 1, sizeof *run->trainable);
     if (!run->trainable)
         return lathe_error(LATHE_ENOMEM, "out of memory");
@@ -263,7 +272,7 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = create_simple(run, &run->sched);
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_OPTIMIZER, "optim", "adamw", &run->optim))) {
         const struct lathe_optim_ops *oo = run->optim.ops;
-        rc = created(&run->optim, oo->create(lathe_config_section(run->cfg, "optim"), &run->env, run->trainable,
+        rc = created(run, &run->optim, oo->create(lathe_config_section(run->cfg, "optim"), &run->env, run->trainable,
                                              run->ntrainable, &run->optim.self));
     }
     if (rc == LATHE_OK)

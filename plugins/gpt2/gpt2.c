@@ -1,1 +1,370 @@
-/* stub */
+/* plugins/gpt2/gpt2.c — the GPT-2 decoder (component "gpt2").
+ *
+ * Radford et al., "Language Models are Unsupervised Multitask Learners"
+ * (2019): learned token and position embeddings, pre-LayerNorm blocks of
+ * causal self-attention and a 4x GELU MLP, a final LayerNorm, and logits
+ * against the token embedding (tied) or a separate lm_head.
+ *
+ * Parameter names follow Hugging Face's GPT2Model without "transformer.":
+ * wte.weight, h.0.attn.c_attn.weight, ..., ln_f.bias. Linear weights are
+ * [out, in] (HF's Conv1D stores [in, out]; an exporter transposes them).
+ * Initialisation as GPT-2 / llm.c: N(0, init_std) for weights and
+ * embeddings, N(0, init_std / sqrt(2 layers)) for the residual projections
+ * (attn.c_proj, mlp.c_proj; GPT-2 paper section 2.3), zero biases, unit
+ * LayerNorm gains; the draws come from lathe_rng streams seeded by [run]
+ * seed (one per parameter and chunk, see gpt2_fill).
+ *
+ * Shape legend: B batch, T time, C embd, H heads, D = C / H, V vocab.
+ *
+ * [model] keys: layers, heads, embd, vocab_size, context, dropout, init_std,
+ * layernorm_eps, tie_embeddings.
+ */
+#include <lathe/lathe.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GPT2_NAME_LEN 48 /* "h.4095.attn.c_proj" fits */
+
+struct gpt2_block {
+    lathe_tensor *ln1_w, *ln1_b;  /* [C] */
+    struct lathe_linear c_attn;   /* [3C, C] */
+    struct lathe_linear attn_proj; /* [C, C] */
+    lathe_tensor *ln2_w, *ln2_b;  /* [C] */
+    struct lathe_linear c_fc;     /* [4C, C] */
+    struct lathe_linear mlp_proj; /* [C, 4C] */
+};
+
+struct gpt2 {
+    int64_t L, H, C, V, P;        /* layers, heads, embd, vocab, context */
+    float dropout, eps;
+    lathe_tensor *wte;            /* [V, C] */
+    lathe_tensor *wpe;            /* [P, C] */
+    lathe_tensor *lnf_w, *lnf_b;  /* [C] */
+    struct gpt2_block *blocks;    /* [L] */
+    struct lathe_linear head;     /* weight wte (tied) or lm_head.weight [V, C] */
+    lathe_tensor **params;        /* every parameter, in creation order */
+    size_t nparams;
+    struct lathe_linear **linears;
+    size_t nlinears;
+    char (*names)[GPT2_NAME_LEN];            /* storage for the linears' names */
+};
+
+static void gpt2_destroy(void *self)
+{
+    struct gpt2 *m = self;
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->nparams; i++)
+        lathe_tensor_free(m->params[i]);
+    free(m->params);
+    free(m->linears);
+    free(m->names);
+    free(m->blocks);
+    free(m);
+}
+
+/* Fill a device tensor with N(0, std) draws (std > 0) or the constant `c`
+ * (std == 0). Chunk k of the tensor draws from its own lathe_rng seeded by
+ * (seed, k), so chunks fill in parallel with a result that does not depend
+ * on the thread count, and only a chunk-sized host buffer per thread is
+ * ever held (nothing the size of the model twice). */
+static int gpt2_fill(lathe_tensor *t, uint64_t seed, double std, float c)
+{
+    enum { CHUNK = 1 << 14 };
+    const struct lathe_backend_ops *be = lathe_backend();
+    const int64_t n = lathe_tensor_numel(t), nchunk = (n + CHUNK - 1) / CHUNK;
+    int failed = 0;
+#pragma omp parallel for schedule(static) if (std > 0.0 && nchunk > 1)
+    for (int64_t ch = 0; ch < nchunk; ch++) {
+        float buf[CHUNK];
+        int64_t off = ch * CHUNK, k = n - off < CHUNK ? n - off : CHUNK;
+        if (std > 0.0) {
+            lathe_rng rng;
+            lathe_rng_seed(&rng, seed + 0x9E3779B97F4A7C15ull * (uint64_t)(ch + 1));
+            /* Box-Muller, both values of each pair (lathe_rng_normal keeps
+             * one, and initialisation is most of a large model's start-up) */
+            for (int64_t i = 0; i < k; i += 2) {
+                double u1 = lathe_rng_uniform(&rng), u2 = lathe_rng_uniform(&rng);
+                double r = std * sqrt(-2.0 * log(u1 > 1e-300 ? u1 : 1e-300));
+                buf[i] = (float)(r * cos(2.0 * M_PI * u2));
+                if (i + 1 < k)
+                    buf[i + 1] = (float)(r * sin(2.0 * M_PI * u2));
+            }
+        } else {
+            for (int64_t i = 0; i < k; i++)
+                buf[i] = c;
+        }
+        if (be->copy((float *)t->data + off, buf, (size_t)k * sizeof(float), 1)) {
+#pragma omp atomic write
+            failed = 1;
+        }
+    }
+    if (failed)
+        return lathe_error(LATHE_ERR, "gpt2: copying the initial values of '%s' to the device "
+                           "failed", t->name);
+    return LATHE_OK;
+}
+
+/* Make, register and initialise one parameter; NULL on failure. */
+static lathe_tensor *gpt2_param(struct gpt2 *m, uint64_t seed, double std, float c,
+                                int ndim, int64_t d0, int64_t d1, const char *fmt, int layer)
+{
+    char name[LATHE_NAME_MAX];
+    snprintf(name, sizeof name, fmt, layer);
+    int64_t shape[2] = {d0, d1};
+    lathe_tensor *t = lathe_param_new(name, ndim, shape);
+    if (!t) {
+        lathe_error_prefix(LATHE_ENOMEM, "gpt2: parameter '%s'", name);
+        return NULL;
+    }
+    /* each parameter its own streams: seed mixed with its index */
+    m->params[m->nparams++] = t;
+    if (gpt2_fill(t, seed ^ (0xD1B54A32D192ED03ull * (uint64_t)m->nparams), std, c))
+        return NULL;
+    return t;
+}
+
+static struct lathe_linear *gpt2_linear(struct gpt2 *m, struct lathe_linear *l, const char *fmt,
+                                        int layer, lathe_tensor *w, lathe_tensor *b)
+{
+    char *name = m->names[m->nlinears];
+    snprintf(name, GPT2_NAME_LEN, fmt, layer);
+    l->name = name;
+    l->weight = w;
+    l->bias = b;
+    l->hook = NULL;
+    l->hook_self = NULL;
+    m->linears[m->nlinears++] = l;
+    return l;
+}
+
+static int gpt2_read_config(struct gpt2 *m, lathe_section *cfg, double *init_std, int *tie)
+{
+    double dropout, eps;
+    int rc;
+    if ((rc = lathe_cfg_int(cfg, "layers", 12, 1, 4096, &m->L)) ||
+        (rc = lathe_cfg_int(cfg, "heads", 12, 1, 4096, &m->H)) ||
+        (rc = lathe_cfg_int(cfg, "embd", 768, 1, 1 << 20, &m->C)) ||
+        (rc = lathe_cfg_int(cfg, "vocab_size", 50257, 1, INT32_MAX, &m->V)) ||
+        (rc = lathe_cfg_int(cfg, "context", 1024, 1, 1 << 24, &m->P)) ||
+        (rc = lathe_cfg_float(cfg, "dropout", 0.0, 0.0, 1.0, &dropout)) ||
+        (rc = lathe_cfg_float(cfg, "init_std", 0.02, 0.0, 10.0, init_std)) ||
+        (rc = lathe_cfg_float(cfg, "layernorm_eps", 1e-5, 0.0, 1.0, &eps)) ||
+        (rc = lathe_cfg_bool(cfg, "tie_embeddings", 1, tie)))
+        return rc;
+    if (dropout >= 1.0)
+        return lathe_cfg_error(cfg, "dropout", "dropout must be in [0, 1) (got %g)", dropout);
+    if (!(*init_std > 0.0))
+        return lathe_cfg_error(cfg, "init_std", "init_std must be > 0 (got %g)", *init_std);
+    if (!(eps > 0.0))
+        return lathe_cfg_error(cfg, "layernorm_eps", "layernorm_eps must be > 0 (got %g)", eps);
+    if (m->C % m->H != 0)
+        return lathe_cfg_error(cfg, "heads", "heads (%lld) must divide embd (%lld); e.g. "
+                               "embd 768 takes 12 heads of 64", (long long)m->H, (long long)m->C);
+    m->dropout = (float)dropout;
+    m->eps = (float)eps;
+    return LATHE_OK;
+}
+
+static int gpt2_build(struct gpt2 *m, const struct lathe_env *env, double std, int tie)
+{
+    const int64_t C = m->C, V = m->V, P = m->P;
+    const double res_std = std / sqrt(2.0 * (double)m->L);
+    const uint64_t seed = env->seed;
+
+    size_t maxp = 2 + 12 * (size_t)m->L + 2 + 1;
+    size_t maxl = 4 * (size_t)m->L + 1;
+    m->params = calloc(maxp, sizeof *m->params);
+    m->linears = calloc(maxl, sizeof *m->linears);
+    m->names = calloc(maxl, sizeof *m->names);
+    m->blocks = calloc((size_t)m->L, sizeof *m->blocks);
+    if (!m->params || !m->linears || !m->names || !m->blocks)
+        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+
+#define P1(std_, c_, d0, fmt, i) gpt2_param(m, seed, std_, c_, 1, d0, 0, fmt, i)
+#define P2(std_, d0, d1, fmt, i) gpt2_param(m, seed, std_, 0.0f, 2, d0, d1, fmt, i)
+    if (!(m->wte = P2(std, V, C, "wte.weight", 0)) || !(m->wpe = P2(std, P, C, "wpe.weight", 0)))
+        return LATHE_ENOMEM;
+    for (int i = 0; i < (int)m->L; i++) {
+        struct gpt2_block *b = &m->blocks[i];
+        lathe_tensor *aw, *ab, *pw, *pb, *fw, *fb, *mw, *mb;
+        if (!(b->ln1_w = P1(0.0, 1.0f, C, "h.%d.ln_1.weight", i)) ||
+            !(b->ln1_b = P1(0.0, 0.0f, C, "h.%d.ln_1.bias", i)) ||
+            !(aw = P2(std, 3 * C, C, "h.%d.attn.c_attn.weight", i)) ||
+            !(ab = P1(0.0, 0.0f, 3 * C, "h.%d.attn.c_attn.bias", i)) ||
+            !(pw = P2(res_std, C, C, "h.%d.attn.c_proj.weight", i)) ||
+            !(pb = P1(0.0, 0.0f, C, "h.%d.attn.c_proj.bias", i)) ||
+            !(b->ln2_w = P1(0.0, 1.0f, C, "h.%d.ln_2.weight", i)) ||
+            !(b->ln2_b = P1(0.0, 0.0f, C, "h.%d.ln_2.bias", i)) ||
+            !(fw = P2(std, 4 * C, C, "h.%d.mlp.c_fc.weight", i)) ||
+            !(fb = P1(0.0, 0.0f, 4 * C, "h.%d.mlp.c_fc.bias", i)) ||
+            !(mw = P2(res_std, C, 4 * C, "h.%d.mlp.c_proj.weight", i)) ||
+            !(mb = P1(0.0, 0.0f, C, "h.%d.mlp.c_proj.bias", i)))
+            return LATHE_ENOMEM;
+        gpt2_linear(m, &b->c_attn, "h.%d.attn.c_attn", i, aw, ab);
+        gpt2_linear(m, &b->attn_proj, "h.%d.attn.c_proj", i, pw, pb);
+        gpt2_linear(m, &b->c_fc, "h.%d.mlp.c_fc", i, fw, fb);
+        gpt2_linear(m, &b->mlp_proj, "h.%d.mlp.c_proj", i, mw, mb);
+    }
+    if (!(m->lnf_w = P1(0.0, 1.0f, C, "ln_f.weight", 0)) ||
+        !(m->lnf_b = P1(0.0, 0.0f, C, "ln_f.bias", 0)))
+        return LATHE_ENOMEM;
+    lathe_tensor *head_w = m->wte;
+    if (!tie && !(head_w = P2(std, V, C, "lm_head.weight", 0)))
+        return LATHE_ENOMEM;
+#undef P1
+#undef P2
+    gpt2_linear(m, &m->head, "lm_head", 0, head_w, NULL);
+    return LATHE_OK;
+}
+
+static int gpt2_create(lathe_section *cfg, const struct lathe_env *env, void **self)
+{
+    *self = NULL;
+    struct gpt2 *m = calloc(1, sizeof *m);
+    if (!m)
+        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+    double std;
+    int tie;
+    int rc = gpt2_read_config(m, cfg, &std, &tie);
+    if (!rc)
+        rc = gpt2_build(m, env, std, tie);
+    if (rc) {
+        gpt2_destroy(m);
+        return rc;
+    }
+    *self = m;
+    return LATHE_OK;
+}
+
+static int gpt2_info(void *self, struct lathe_model_info *info)
+{
+    const struct gpt2 *m = self;
+    info->vocab_size = m->V;
+    info->max_seq_len = m->P;
+    return LATHE_OK;
+}
+
+static int gpt2_params(void *self, lathe_tensor *const **params, size_t *n)
+{
+    struct gpt2 *m = self;
+    *params = m->params;
+    *n = m->nparams;
+    return LATHE_OK;
+}
+
+static int gpt2_linears(void *self, struct lathe_linear *const **out, size_t *n)
+{
+    struct gpt2 *m = self;
+    *out = m->linears;
+    *n = m->nlinears;
+    return LATHE_OK;
+}
+
+/* 0..T-1 as an I32 [T] tensor in the current scope. */
+static lathe_tensor *gpt2_positions(int64_t T)
+{
+    lathe_tensor *pos = lathe_tensor_new1(LATHE_I32, T);
+    int32_t *host = malloc((size_t)T * sizeof *host);
+    if (!pos || !host) {
+        free(host);
+        if (pos)
+            lathe_error(LATHE_ENOMEM, "gpt2: out of memory for %lld positions", (long long)T);
+        return NULL;
+    }
+    for (int64_t t = 0; t < T; t++)
+        host[t] = (int32_t)t;
+    int rc = lathe_backend()->copy(pos->data, host, (size_t)T * sizeof *host, 1);
+    free(host);
+    if (rc) {
+        lathe_error_prefix(LATHE_ERR, "gpt2: copying positions to the device");
+        return NULL;
+    }
+    return pos;
+}
+
+/* x [B,T,C] -> x + proj(sdpa(q, k, v)) */
+static lathe_tensor *gpt2_attention(struct gpt2 *m, struct gpt2_block *b, lathe_tensor *x,
+                                    lathe_tensor *segments, int train, int64_t B, int64_t T)
+{
+    const int64_t C = m->C, H = m->H, D = C / H;
+    lathe_tensor *h = lathe_layernorm(x, b->ln1_w, b->ln1_b, m->eps);
+    lathe_tensor *qkv = lathe_linear_forward(&b->c_attn, h); /* [B,T,3C] */
+    if (!qkv)
+        return NULL;
+    lathe_tensor *parts[3];
+    const int64_t sizes[3] = {C, C, C};
+    if (lathe_split(qkv, 2, sizes, 3, parts))
+        return NULL;
+    const int64_t heads[4] = {B, T, H, D};
+    lathe_tensor *q = lathe_reshape(parts[0], 4, heads);
+    lathe_tensor *k = lathe_reshape(parts[1], 4, heads);
+    lathe_tensor *v = lathe_reshape(parts[2], 4, heads);
+    lathe_tensor *y = lathe_sdpa(q, k, v, segments, 0.0f); /* [B,T,H,D] */
+    const int64_t flat[3] = {B, T, C};
+    y = lathe_linear_forward(&b->attn_proj, lathe_reshape(y, 3, flat));
+    return lathe_add(x, lathe_dropout(y, m->dropout, train));
+}
+
+/* x [B,T,C] -> x + mlp_proj(gelu(c_fc(ln_2(x)))) */
+static lathe_tensor *gpt2_mlp(struct gpt2 *m, struct gpt2_block *b, lathe_tensor *x, int train)
+{
+    lathe_tensor *h = lathe_layernorm(x, b->ln2_w, b->ln2_b, m->eps);
+    h = lathe_gelu(lathe_linear_forward(&b->c_fc, h)); /* [B,T,4C] */
+    h = lathe_linear_forward(&b->mlp_proj, h);        /* [B,T,C] */
+    return lathe_add(x, lathe_dropout(h, m->dropout, train));
+}
+
+static lathe_tensor *gpt2_forward(void *self, const struct lathe_batch *batch, int train)
+{
+    struct gpt2 *m = self;
+    lathe_tensor *ids = batch->input_ids; /* [B,T] */
+    char s[64];
+    if (!ids || ids->ndim != 2 || ids->dtype != LATHE_I32) {
+        lathe_error(LATHE_EINVAL, "gpt2: input_ids must be I32 [B, T] (got %s)",
+                    ids ? lathe_tensor_shape_str(ids, s, sizeof s) : "none");
+        return NULL;
+    }
+    const int64_t B = ids->shape[0], T = ids->shape[1];
+    if (T > m->P) {
+        lathe_error(LATHE_EINVAL, "gpt2: sequence length T = %lld exceeds the model's context "
+                    "%lld; shorten [data] seq_len or raise [model] context",
+                    (long long)T, (long long)m->P);
+        return NULL;
+    }
+    lathe_tensor *pos = batch->positions ? batch->positions : gpt2_positions(T);
+    /* x [B,T,C] = wte[ids] + wpe[pos] (pos [T] broadcasts over B) */
+    lathe_tensor *x = lathe_add(lathe_embedding(m->wte, ids), lathe_embedding(m->wpe, pos));
+    x = lathe_dropout(x, m->dropout, train);
+    for (int64_t i = 0; i < m->L && x; i++) {
+        x = gpt2_attention(m, &m->blocks[i], x, batch->segments, train, B, T);
+        x = gpt2_mlp(m, &m->blocks[i], x, train);
+    }
+    x = lathe_layernorm(x, m->lnf_w, m->lnf_b, m->eps);
+    lathe_tensor *logits = lathe_linear_forward(&m->head, x); /* [B,T,V] */
+    if (!logits)
+        lathe_error_prefix(LATHE_EINVAL, "gpt2 forward");
+    return logits;
+}
+
+static const struct lathe_model_ops gpt2_ops = {
+    .size = sizeof(struct lathe_model_ops),
+    .create = gpt2_create,
+    .destroy = gpt2_destroy,
+    .info = gpt2_info,
+    .params = gpt2_params,
+    .forward = gpt2_forward,
+    .linears = gpt2_linears,
+};
+
+static const struct lathe_component gpt2_components[] = {
+    {.kind = LATHE_KIND_MODEL, .name = "gpt2", .ops = &gpt2_ops},
+    {0},
+};
+
+LATHE_PLUGIN_DEFINE(gpt2, .version = "0.1.0",
+                    .description = "GPT-2 decoder (Radford et al. 2019), configured from INI",
+                    .components = gpt2_components)

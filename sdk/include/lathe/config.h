@@ -83,6 +83,13 @@ int lathe_cfg_error(lathe_section *s, const char *key, const char *fmt, ...)
  * 'rank'?"). A section nobody opened is an error too. */
 int lathe_config_check_unused(const lathe_config *cfg);
 
+/* The first key of `s` that nobody has read but that is close to a key
+ * somebody did read (a likely typo), as the same error as
+ * lathe_config_check_unused gives; LATHE_OK if there is none. The core calls
+ * it when a component fails, so that "hedas = 4" is reported as the typo it
+ * is rather than as the default of "heads" it caused. */
+int lathe_section_check_typos(const lathe_section *s);
+
 /* Print the resolved configuration (every read key with its value or
  * default, in section order) as INI text. */
 int lathe_config_dump(const lathe_config *cfg, void *file /* FILE* */);
