@@ -25,8 +25,9 @@ print(f"lathe  : median {statistics.median(ms):.1f} ms/step over {len(ms)} steps
 PY
 
 shared="$top/../shared/bench/torch_gpt2_step.py"
-if python3 -c "import torch" 2>/dev/null && [ -f "$shared" ]; then
-  /usr/bin/time -v python3 "$shared" --threads 2 --steps 10 > "$out/torch.log" 2> "$out/torch.time" ||
+py=/usr/bin/python3
+if $py -c "import torch" 2>/dev/null && [ -f "$shared" ]; then
+  /usr/bin/time -v $py "$shared" --threads 2 --steps 10 > "$out/torch.log" 2> "$out/torch.time" ||
     { cat "$out/torch.log" "$out/torch.time"; exit 1; }
   med=$(sed -n 's/^median \([0-9.]*\) ms\/step.*/\1/p' "$out/torch.log")
   rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/torch.time")

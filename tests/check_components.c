@@ -110,6 +110,12 @@ static void two_params_make(struct two_params *tp)
     tp->list[1] = tp->b;
 }
 
+static void two_params_free(struct two_params *tp)
+{
+    lathe_tensor_free(tp->w);
+    lathe_tensor_free(tp->b);
+}
+
 static double grad_at(int step, int param, int i)
 {
     return 0.1 * sin(0.7 * i + 1.3 * step + 2.1 * param) + 0.02 * (param ? 1 : -1);
@@ -178,8 +184,7 @@ static void check_adamw(const char *section, double wd, int decay_bias)
     for (int i = 0; i < NB; i++)
         ck_assert_double_eq_tol(lathe_tensor_f32(tp.b)[i], bref[i], 2e-6);
     ops->destroy(o);
-    lathe_tensor_free(tp.w);
-    lathe_tensor_free(tp.b);
+    two_params_free(&tp);
     lathe_config_free(cfg);
 }
 
@@ -240,6 +245,8 @@ static void check_optim_resume(const char *file, const char *name, const char *s
     lathe_state_free(state);
     ops->destroy(oa);
     ops->destroy(ob);
+    two_params_free(&a);
+    two_params_free(&b);
     lathe_config_free(cfg);
 }
 
@@ -296,8 +303,7 @@ static void check_sgd(const char *section, double mu, double damp, double wd, in
     for (int i = 0; i < NB; i++)
         ck_assert_double_eq_tol(lathe_tensor_f32(tp.b)[i], bref[i], 1e-6);
     ops->destroy(o);
-    lathe_tensor_free(tp.w);
-    lathe_tensor_free(tp.b);
+    two_params_free(&tp);
     lathe_config_free(cfg);
 }
 
@@ -342,6 +348,7 @@ static void expect_optim_refusal(const char *file, const char *name, const char 
     ck_assert_ptr_null(o);
     ck_assert_msg(strstr(lathe_errmsg(), key) != NULL, "message '%s' does not name '%s'",
                   lathe_errmsg(), key);
+    two_params_free(&tp);
     lathe_config_free(cfg);
 }
 
@@ -371,6 +378,7 @@ START_TEST(optim_unknown_key)
     ck_assert_int_ne(lathe_config_check_unused(cfg), LATHE_OK);
     ck_assert(strstr(lathe_errmsg(), "momentum") != NULL);
     ops->destroy(o);
+    two_params_free(&tp);
     lathe_config_free(cfg);
 }
 END_TEST
@@ -679,6 +687,16 @@ static const char *text_write(char *dir, size_t n)
     return dir;
 }
 
+static void text_cleanup(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/corpus.txt", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/run.ini", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* A config file in dir with the given [data] body; loaded from disk so that
  * relative paths resolve against dir. */
 static lathe_config *text_config(const char *dir, const char *body)
@@ -785,6 +803,7 @@ START_TEST(text_train_windows)
     DATA_OPS()->destroy(d);
     DATA_OPS()->destroy(d2);
     DATA_OPS()->destroy(d3);
+    text_cleanup(dir);
     lathe_config_free(cfg);
 }
 END_TEST
@@ -821,6 +840,7 @@ START_TEST(text_no_shuffle_and_eval)
         ck_assert_int_eq(DATA_OPS()->next(d, LATHE_SPLIT_EVAL, 5, &b), LATHE_EOF);
     }
     DATA_OPS()->destroy(d);
+    text_cleanup(dir);
     lathe_config_free(cfg);
 }
 END_TEST
@@ -847,6 +867,7 @@ START_TEST(text_state_resume)
         DATA_OPS()->destroy(a);
         DATA_OPS()->destroy(b);
     }
+    text_cleanup(dir);
     lathe_config_free(cfg);
 }
 END_TEST
@@ -863,6 +884,7 @@ static void expect_text_refusal(size_t nbytes, const char *body, const char *nee
     ck_assert_ptr_null(d);
     ck_assert_msg(strstr(lathe_errmsg(), needle) != NULL, "message '%s' lacks '%s'",
                   lathe_errmsg(), needle);
+    text_cleanup(dir);
     lathe_config_free(cfg);
 }
 

@@ -793,7 +793,7 @@ START_TEST(test_bad_shapes)
     lathe_tensor *a = lathe_tensor_new2(LATHE_F32, 3, 4), *b = lathe_tensor_new2(LATHE_F32, 5, 6);
     lathe_tensor *c3 = lathe_tensor_new3(LATHE_F32, 2, 3, 4), *d3 = lathe_tensor_new3(LATHE_F32, 3, 4, 5);
     lathe_tensor *ids = lathe_tensor_new1(LATHE_I32, 2);
-    lathe_tensor_i32(ids)[1] = 9;
+    lathe_tensor_i32(ids)[1] = 5; /* == V: the first id past the end */
     EXPECT_ERROR(lathe_matmul(a, b, 0), "lathe_matmul", "[3, 4]", "[5, 6]");
     EXPECT_ERROR(lathe_matmul(c3, d3, 0), "lathe_matmul", "[2, 3, 4]", "[3, 4, 5]");
     EXPECT_ERROR(lathe_matmul(lathe_tensor_new1(LATHE_F32, 4), a, 0), "lathe_matmul", "[4]");
@@ -804,7 +804,7 @@ START_TEST(test_bad_shapes)
     EXPECT_ERROR(lathe_mul(c3, lathe_tensor_new1(LATHE_F32, 3)), "lathe_mul", "[2, 3, 4]", "[3]");
     EXPECT_ERROR(lathe_sub(a, c3), "lathe_sub", "[3, 4]", "[2, 3, 4]");
     EXPECT_ERROR(lathe_add(a, ids), "lathe_add", "I32");
-    EXPECT_ERROR(lathe_embedding(b, ids), "lathe_embedding", "9", "[5, 6]");
+    EXPECT_ERROR(lathe_embedding(b, ids), "lathe_embedding", "is 5,", "[5, 6]");
     EXPECT_ERROR(lathe_embedding(b, a), "lathe_embedding", "F32");
     EXPECT_ERROR(lathe_reshape(a, 2, (int64_t[]){5, 3}), "lathe_reshape", "[3, 4]", "[5, 3]");
     EXPECT_ERROR(lathe_reshape(a, 2, (int64_t[]){-1, 5}), "lathe_reshape", "[3, 4]", "[-1, 5]");
@@ -928,6 +928,83 @@ START_TEST(test_accumulation)
 }
 END_TEST
 
+/* One backward pass of sum(f(in) * wt) for a fixed random wt. */
+static void backward_once(lathe_gc_fn f, lathe_tensor *const *in, void *ctx)
+{
+    lathe_scope_push();
+    lathe_tensor *out = f(in, ctx);
+    ck_assert_msg(out != NULL, "%s", lathe_errmsg());
+    /* made inside the scope, so the scope frees it */
+    lathe_tensor *wt = lathe_gc_rand(out->ndim, out->shape, -1.0f, 1.0f, 4242, 0);
+    lathe_tensor *loss = lathe_sum(lathe_mul(out, wt));
+    ck_assert_int_eq(lathe_backward(loss, 1.0f), LATHE_OK);
+    lathe_scope_pop();
+}
+
+/* A second backward pass must add to the gradients, not replace them. */
+static void expect_accumulates(const char *what, lathe_gc_fn f, lathe_tensor *const *in, int n,
+                               void *ctx)
+{
+    float *first[4] = {0};
+    for (int k = 0; k < n; k++)
+        lathe_tensor_zero_grad(in[k]);
+    backward_once(f, in, ctx);
+    for (int k = 0; k < n; k++) {
+        if (!in[k]->requires_grad)
+            continue;
+        ck_assert_msg(in[k]->grad != NULL, "%s: input %d got no gradient", what, k);
+        int64_t m = lathe_tensor_numel(in[k]);
+        first[k] = malloc(sizeof(float) * (size_t)m);
+        memcpy(first[k], lathe_tensor_f32(in[k]->grad), sizeof(float) * (size_t)m);
+    }
+    backward_once(f, in, ctx);
+    for (int k = 0; k < n; k++) {
+        if (!first[k])
+            continue;
+        int64_t m = lathe_tensor_numel(in[k]);
+        const float *g = lathe_tensor_f32(in[k]->grad);
+        for (int64_t i = 0; i < m; i++)
+            ck_assert_msg(fabsf(g[i] - 2.0f * first[k][i]) <= 1e-5f * fmaxf(1.0f, fabsf(g[i])),
+                          "%s: input %d element %lld: %g after two passes, %g after one", what,
+                          k, (long long)i, (double)g[i], (double)first[k][i]);
+        free(first[k]);
+    }
+}
+
+START_TEST(test_backward_accumulates)
+{
+    lathe_tensor *a3 = RND(100, 1, 2, 3, 4), *b3 = RND(101, 1, 2, 4, 5), *w = RND(102, 1, 5, 4);
+    lathe_tensor *bias = RND(103, 1, 5), *t34 = RND(104, 1, 3, 4), *src = RND(105, 1, 2, 3, 2);
+    int tb0 = 0, tb1 = 1, op, dim = 1;
+    expect_accumulates("matmul batched", mm_fn, (lathe_tensor *[]){a3, b3}, 2, &tb0);
+    expect_accumulates("matmul shared", mm_fn, (lathe_tensor *[]){a3, w}, 2, &tb1);
+    expect_accumulates("linear", linear_fn, (lathe_tensor *[]){a3, w, bias}, 3, (void *)1);
+    for (op = 0; op < 3; op++) {
+        expect_accumulates("binary broadcast", bin_fn, (lathe_tensor *[]){a3, t34}, 2, &op);
+        expect_accumulates("binary same shape", bin_fn, (lathe_tensor *[]){a3, a3}, 2, &op);
+    }
+    expect_accumulates("scale", scale_fn, &a3, 1, NULL);
+    expect_accumulates("sum", sum_fn, &a3, 1, NULL);
+    expect_accumulates("mean", mean_fn, &a3, 1, NULL);
+    expect_accumulates("dropout", dropout_fn, &a3, 1, NULL);
+    expect_accumulates("reshape", reshape_fn, &a3, 1, NULL);
+    struct tr_case tc = {3, {2, 3, 4}, 0, 2};
+    expect_accumulates("transpose", transpose_fn, &a3, 1, &tc);
+    expect_accumulates("concat", concat_fn, (lathe_tensor *[]){a3, a3, a3}, 3, &dim);
+    lathe_tensor *x6 = RND(106, 1, 2, 6, 3);
+    expect_accumulates("split", split_fn, &x6, 1, NULL);
+    expect_accumulates("narrow", narrow_fn, &x6, 1, NULL);
+    lathe_tensor *ids = ids_new(2, (int64_t[]){2, 3}, (const int32_t[]){1, 1, 4, 0, 2, 1});
+    expect_accumulates("embedding", emb_fn, &w, 1, ids);
+    lathe_tensor *idx = ids_new(3, (int64_t[]){2, 3, 2}, (const int32_t[]){0, 0, 3, 1, 2, 2, 1, 3, 0, 1, 2, 3});
+    expect_accumulates("gather", gather_fn, &a3, 1, idx);
+    expect_accumulates("scatter_add", scatter_fn, (lathe_tensor *[]){a3, src}, 2, idx);
+    lathe_tensor *all[] = {a3, b3, w, bias, t34, src, x6, ids, idx};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+        lathe_tensor_free(all[k]);
+}
+END_TEST
+
 static Suite *ops_linalg_suite(void)
 {
     Suite *s = suite_create("ops_linalg");
@@ -954,6 +1031,7 @@ static Suite *ops_linalg_suite(void)
     tcase_add_test(limits, test_null_propagates);
     tcase_add_test(limits, test_no_grad);
     tcase_add_test(limits, test_accumulation);
+    tcase_add_test(limits, test_backward_accumulates);
     suite_add_tcase(s, limits);
     return s;
 }

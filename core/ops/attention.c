@@ -64,6 +64,10 @@ lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
                     (long long)D, sk, sv);
         return NULL;
     }
+    if (D == 0) {
+        lathe_error(LATHE_EINVAL, "%s: q %s has an empty head size D", op, sq);
+        return NULL;
+    }
     if (Hkv == 0 || H % Hkv != 0) {
         lathe_error(LATHE_EINVAL, "%s: q %s has %lld heads and k %s has %lld kv heads; the query "
                                   "heads must be a multiple of the kv heads", op, sq,
@@ -82,7 +86,7 @@ lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
         return NULL;
     }
     if (!(scale > 0.0f))
-        scale = D > 0 ? 1.0f / sqrtf((float)D) : 1.0f;
+        scale = 1.0f / sqrtf((float)D);
     lathe_tensor *out = lathe_op_result(LATHE_F32, 4, q->shape);
     int64_t ashape[4] = {B, H, T, T};
     lathe_tensor *att = lathe_op_result(LATHE_F32, 4, ashape);

@@ -84,14 +84,21 @@ static int gpt2_fill(lathe_tensor *t, uint64_t seed, double std, float c)
         if (std > 0.0) {
             lathe_rng rng;
             lathe_rng_seed(&rng, seed + 0x9E3779B97F4A7C15ull * (uint64_t)(ch + 1));
-            /* Box-Muller, both values of each pair (lathe_rng_normal keeps
-             * one, and initialisation is most of a large model's start-up) */
+            /* Marsaglia's polar method (Marsaglia & Bray 1964): two normals
+             * per accepted pair with one log and no trig, about twice as
+             * fast as lathe_rng_normal's Box-Muller; initialisation is most
+             * of a large model's start-up. */
             for (int64_t i = 0; i < k; i += 2) {
-                double u1 = lathe_rng_uniform(&rng), u2 = lathe_rng_uniform(&rng);
-                double r = std * sqrt(-2.0 * log(u1 > 1e-300 ? u1 : 1e-300));
-                buf[i] = (float)(r * cos(2.0 * M_PI * u2));
+                double x, y, w;
+                do {
+                    x = 2.0 * lathe_rng_uniform(&rng) - 1.0;
+                    y = 2.0 * lathe_rng_uniform(&rng) - 1.0;
+                    w = x * x + y * y;
+                } while (w >= 1.0 || w == 0.0);
+                double f = std * sqrt(-2.0 * log(w) / w);
+                buf[i] = (float)(x * f);
                 if (i + 1 < k)
-                    buf[i + 1] = (float)(r * sin(2.0 * M_PI * u2));
+                    buf[i + 1] = (float)(y * f);
             }
         } else {
             for (int64_t i = 0; i < k; i++)
