@@ -928,6 +928,34 @@ START_TEST(test_accumulation)
 }
 END_TEST
 
+START_TEST(test_kernel_edges)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    /* K == 0: C = beta * C, for one item and for a batch */
+    float C[6] = {1, 2, 3, 4, 5, 6}, A[1] = {0}, B[1] = {0};
+    be->gemm(0, 0, 2, 3, 0, 1.0f, A, B, 0.5f, C, 1, 0, 0, 0);
+    for (int i = 0; i < 6; i++)
+        ck_assert_float_eq(C[i], 0.5f * (float)(i + 1));
+    be->gemm(0, 1, 1, 3, 0, 1.0f, A, B, 0.0f, C, 2, 0, 0, 3);
+    for (int i = 0; i < 6; i++)
+        ck_assert_float_eq(C[i], 0.0f);
+    /* empty inputs touch nothing */
+    float out[2] = {7, 7};
+    be->sum(out, A, 0);
+    ck_assert_float_eq(out[0], 0.0f);
+    out[0] = 7;
+    be->binary_forward(0, out, A, B, 0, 1);
+    be->copy2d(out, 1, A, 1, 0, 1, 0);
+    be->transpose(out, A, 2, (int64_t[]){0, 2}, 0, 1, 0);
+    be->gemm(0, 0, 0, 2, 2, 1.0f, A, B, 0.0f, out, 1, 0, 0, 0);
+    ck_assert(out[0] == 7 && out[1] == 7);
+    /* a swap of one dim with itself is a copy */
+    float x[6] = {1, 2, 3, 4, 5, 6}, y[6] = {0};
+    be->transpose(y, x, 2, (int64_t[]){2, 3}, 1, 1, 0);
+    expect_equal_f(y, x, 6, "transpose(d, d)");
+}
+END_TEST
+
 /* One backward pass of sum(f(in) * wt) for a fixed random wt. */
 static void backward_once(lathe_gc_fn f, lathe_tensor *const *in, void *ctx)
 {
@@ -1032,6 +1060,7 @@ static Suite *ops_linalg_suite(void)
     tcase_add_test(limits, test_no_grad);
     tcase_add_test(limits, test_accumulation);
     tcase_add_test(limits, test_backward_accumulates);
+    tcase_add_test(limits, test_kernel_edges);
     suite_add_tcase(s, limits);
     return s;
 }

@@ -47,8 +47,9 @@ void lathe_cpu_copy2d(float *dst /* [rows, dst_ld] */, int64_t dst_ld,
 
 /* Rows [i0, i0 + TILE) of the matrix x[S0, S1] written transposed into
  * out[S1, S0], tile by tile so that reads and writes both stay in cache. */
-static void transpose_tile_rows(float *restrict out, const float *restrict x, int64_t S0,
-                                int64_t S1, int64_t i0, int acc)
+static void transpose_tile_rows(float *restrict out /* [S1, S0] */,
+                                const float *restrict x /* [S0, S1] */, int64_t S0, int64_t S1,
+                                int64_t i0, int acc)
 {
     int64_t i1 = i0 + TILE < S0 ? i0 + TILE : S0;
     for (int64_t j0 = 0; j0 < S1; j0 += TILE) {
