@@ -10,20 +10,25 @@ core_liblathe_la_SOURCES = \
 	core/ops/index.c \
 	core/cpu/backend.c core/cpu/cpu.h core/cpu/vmath.h core/cpu/gemm.c core/cpu/elementwise.c core/cpu/norm.c \
 	core/cpu/activation.c core/cpu/rope.c core/cpu/attention.c core/cpu/softmax.c \
-	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c \
+	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c core/cpu/attention_cached.c \
 	core/config/config.c core/config/getters.c core/config/config_internal.h \
 	core/plugin/loader.c core/plugin/loader.h \
 	core/io/crc32c.c core/io/tensorboard.c core/io/tensorboard.h \
 	core/io/safetensors.c core/io/safetensors.h core/io/metrics.c core/io/metrics.h \
 	core/train/run.c core/train/run.h core/train/run_internal.h core/train/loop.c core/train/checkpoint.c \
-	core/train/checkpoint.h core/train/progress.c
-core_liblathe_la_CFLAGS = $(AM_CFLAGS) $(INIH_CFLAGS) $(JANSSON_CFLAGS)
-core_liblathe_la_LIBADD = $(INIH_LIBS) $(JANSSON_LIBS) $(BLAS_LIBS) $(OPENMP_CFLAGS) -lm
+	core/train/checkpoint.h core/train/progress.c \
+	core/text/tokenizer.c core/text/bpe.c core/text/pretok.c core/text/tokenizer_internal.h \
+	core/text/chat.c \
+	core/io/weights.c core/io/gguf.c core/io/gguf.h core/io/dequant.c \
+	core/gen/generate.c core/gen/generate.h core/ops/attention_cached.c
+core_liblathe_la_CFLAGS = $(AM_CFLAGS) $(INIH_CFLAGS) $(JANSSON_CFLAGS) $(PCRE2_CFLAGS)
+core_liblathe_la_LIBADD = $(INIH_LIBS) $(JANSSON_LIBS) $(PCRE2_LIBS) $(UNISTRING_LIBS) $(BLAS_LIBS) $(OPENMP_CFLAGS) -lm
 core_liblathe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^lathe_'
 
 bin_PROGRAMS += lathe
 lathe_SOURCES = core/cli/main.c core/cli/cli.h core/cli/cmd_train.c core/cli/cmd_plugins.c \
-	core/cli/cmd_config.c
+	core/cli/cmd_config.c core/cli/cmd_tokenize.c core/cli/cmd_convert.c core/cli/cmd_data.c \
+	core/cli/cmd_generate.c
 lathe_CFLAGS = $(AM_CFLAGS)
 lathe_LDADD = core/liblathe.la $(JANSSON_LIBS)
 
@@ -34,4 +39,6 @@ lathe_include_HEADERS = \
 	sdk/include/lathe/backend.h sdk/include/lathe/config.h sdk/include/lathe/env.h \
 	sdk/include/lathe/plugin.h sdk/include/lathe/model.h sdk/include/lathe/data.h \
 	sdk/include/lathe/loss.h sdk/include/lathe/optim.h sdk/include/lathe/parallel.h \
-	sdk/include/lathe/peft.h sdk/include/lathe/reward.h sdk/include/lathe/logger.h
+	sdk/include/lathe/peft.h sdk/include/lathe/reward.h sdk/include/lathe/logger.h \
+	sdk/include/lathe/tokenizer.h sdk/include/lathe/chat.h sdk/include/lathe/weights.h \
+	sdk/include/lathe/generate.h

@@ -5,7 +5,8 @@ PLUGIN_LIBADD = core/liblathe.la
 PLUGIN_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
 
 plugin_LTLIBRARIES += plugins/lathe-adamw.la plugins/lathe-sgd.la plugins/lathe-schedules.la \
-	plugins/lathe-cross-entropy.la plugins/lathe-mse.la plugins/lathe-gpt2.la plugins/lathe-text.la
+	plugins/lathe-cross-entropy.la plugins/lathe-mse.la plugins/lathe-gpt2.la plugins/lathe-text.la \
+	plugins/lathe-llama.la plugins/lathe-jsonl-chat.la
 
 plugins_lathe_adamw_la_SOURCES = plugins/adamw/adamw.c
 plugins_lathe_adamw_la_CFLAGS = $(PLUGIN_CFLAGS)
@@ -41,3 +42,13 @@ plugins_lathe_text_la_SOURCES = plugins/text/text.c
 plugins_lathe_text_la_CFLAGS = $(PLUGIN_CFLAGS)
 plugins_lathe_text_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_lathe_text_la_LIBADD = $(PLUGIN_LIBADD)
+
+plugins_lathe_llama_la_SOURCES = plugins/llama/llama.c
+plugins_lathe_llama_la_CFLAGS = $(PLUGIN_CFLAGS) $(JANSSON_CFLAGS)
+plugins_lathe_llama_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_lathe_llama_la_LIBADD = $(PLUGIN_LIBADD) $(JANSSON_LIBS)
+
+plugins_lathe_jsonl_chat_la_SOURCES = plugins/jsonl-chat/jsonl_chat.c
+plugins_lathe_jsonl_chat_la_CFLAGS = $(PLUGIN_CFLAGS) $(JANSSON_CFLAGS)
+plugins_lathe_jsonl_chat_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_lathe_jsonl_chat_la_LIBADD = $(PLUGIN_LIBADD) $(JANSSON_LIBS)

@@ -4,7 +4,7 @@
 set -e
 pkgs="build-essential autoconf automake libtool pkg-config \
   libinih-dev check libsubunit-dev libopenblas-dev libopenblas0-openmp \
-  libjansson-dev libpcre2-dev openmpi-bin libopenmpi-dev time"
+  libjansson-dev libpcre2-dev libunistring-dev openmpi-bin libopenmpi-dev time"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -12,9 +12,11 @@ AM_TESTS_ENVIRONMENT = \
 	OMP_WAIT_POLICY=PASSIVE; export OMP_WAIT_POLICY;
 
 check_PROGRAMS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
-	tests/check_config tests/check_loader tests/check_io tests/check_components
+	tests/check_config tests/check_loader tests/check_io tests/check_components \
+	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate
 TESTS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
-	tests/check_config tests/check_loader tests/check_io tests/check_components
+	tests/check_config tests/check_loader tests/check_io tests/check_components \
+	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate
 
 tests_check_tensor_SOURCES = tests/check_tensor.c tests/testutil.h
 tests_check_tensor_CFLAGS = $(TEST_CFLAGS)
@@ -38,6 +40,21 @@ tests_check_components_SOURCES = tests/check_components.c tests/testutil.h
 tests_check_components_CFLAGS = $(TEST_CFLAGS)
 tests_check_components_LDADD = $(TEST_LDADD)
 
+tests_check_models_SOURCES = tests/check_models.c tests/testutil.h
+tests_check_models_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_models_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+tests_check_tokenizer_SOURCES = tests/check_tokenizer.c tests/testutil.h
+tests_check_tokenizer_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_tokenizer_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+tests_check_gguf_SOURCES = tests/check_gguf.c tests/testutil.h
+tests_check_gguf_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_gguf_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+tests_check_chat_SOURCES = tests/check_chat.c tests/testutil.h
+tests_check_chat_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_chat_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+tests_check_generate_SOURCES = tests/check_generate.c tests/testutil.h
+tests_check_generate_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_generate_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
 # Deliberately broken plugins for the loader's refusals (-rpath makes libtool
 # build shared modules for check_LTLIBRARIES).
 BROKEN_LDFLAGS = -module -avoid-version -shared -rpath /nowhere
@@ -64,4 +81,10 @@ tests_lathe_ops_small_la_LDFLAGS = $(BROKEN_LDFLAGS)
 # End-to-end runs of real INI files and the installed SDK.
 TESTS += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh tests/e2e_sdk.sh
 EXTRA_DIST += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh \
-	tests/e2e_sdk.sh tests/tb_check.py tests/e2e_lib.sh
+	tests/e2e_sdk.sh tests/tb_check.py tests/e2e_lib.sh \
+	$(TEST_FIXTURES)
+
+# Reference fixtures made once with the real libraries (scripts beside them);
+# CI only reads them.
+TEST_FIXTURES =
+include tests/fixtures/local.mk

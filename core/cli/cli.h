@@ -18,5 +18,9 @@ int lathe_cli_fail(void);
 int lathe_cmd_train(int argc, char **argv);
 int lathe_cmd_config(int argc, char **argv);
 int lathe_cmd_plugins(int argc, char **argv);
+int lathe_cmd_tokenize(int argc, char **argv);  /* cmd_tokenize.c */
+int lathe_cmd_convert(int argc, char **argv);   /* cmd_convert.c */
+int lathe_cmd_data(int argc, char **argv);      /* cmd_data.c */
+int lathe_cmd_generate(int argc, char **argv);  /* cmd_generate.c */
 
 #endif

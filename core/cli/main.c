@@ -20,6 +20,14 @@ static void usage(FILE *f)
             "                      print the resolved configuration, defaults filled in\n"
             "  plugins [--plugin-path DIRS]\n"
             "                      list every plugin found on the search path\n"
+            "  tokenize --model DIR TEXT\n"
+            "                      print the token ids and pieces of TEXT\n"
+            "  convert gguf FILE.gguf OUT_DIR\n"
+            "                      import a GGUF model into the Hugging Face layout\n"
+            "  data check FILE.jsonl --model DIR | data dedup IN.jsonl OUT.jsonl\n"
+            "                      validate chat data (counts, lengths, duplicates); drop duplicates\n"
+            "  generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
+            "                      sample a completion (see lathe generate --help)\n"
             "  version             print the version\n"
             "\n"
             "Plugins are searched in --plugin-path, $LATHE_PLUGIN_PATH, the INI's\n"
@@ -92,6 +100,14 @@ int main(int argc, char **argv)
         return lathe_cmd_config(argc - 2, argv + 2);
     if (strcmp(cmd, "plugins") == 0)
         return lathe_cmd_plugins(argc - 2, argv + 2);
+    if (strcmp(cmd, "tokenize") == 0)
+        return lathe_cmd_tokenize(argc - 2, argv + 2);
+    if (strcmp(cmd, "convert") == 0)
+        return lathe_cmd_convert(argc - 2, argv + 2);
+    if (strcmp(cmd, "data") == 0)
+        return lathe_cmd_data(argc - 2, argv + 2);
+    if (strcmp(cmd, "generate") == 0)
+        return lathe_cmd_generate(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("lathe %s (plugin ABI %d.%d, %s)\n", PACKAGE_VERSION, LATHE_ABI_MAJOR, LATHE_ABI_MINOR,
                LATHE_BUILD_SIGNATURE);

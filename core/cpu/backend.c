@@ -74,6 +74,7 @@ static const struct lathe_backend_ops cpu_ops = {
     .sumsq = lathe_cpu_sumsq,
     .adamw_step = lathe_cpu_adamw_step,
     .convert = lathe_cpu_convert,
+    .attention_cached_forward = lathe_cpu_attention_cached_forward,
 };
 
 static const struct lathe_backend_ops *current = &cpu_ops;

@@ -83,4 +83,8 @@ void lathe_cpu_adamw_step(float *p, const float *g, float *m, float *v, int64_t 
                           float b1, float b2, float eps, float wd, float bc1, float bc2);
 void lathe_cpu_convert(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n);
 
+void lathe_cpu_attention_cached_forward(float *out, const float *q, const float *kc, const float *vc,
+                                       const int32_t *kseg, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                                       int64_t D, int64_t Tmax, int64_t len, float scale);
+
 #endif

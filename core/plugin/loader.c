@@ -47,7 +47,8 @@ static const struct {
     size_t min_size;
     const char *ops_name;
 } kind_ops[LATHE_KIND_COUNT] = {
-    [LATHE_KIND_MODEL] = {sizeof(struct lathe_model_ops), "struct lathe_model_ops"},
+    /* minor 1 appended the generation slots (cache_new ...) */
+    [LATHE_KIND_MODEL] = {offsetof(struct lathe_model_ops, cache_new), "struct lathe_model_ops"},
     [LATHE_KIND_PEFT] = {sizeof(struct lathe_peft_ops), "struct lathe_peft_ops"},
     [LATHE_KIND_STRATEGY] = {sizeof(struct lathe_strategy_ops), "struct lathe_strategy_ops"},
     [LATHE_KIND_COMM] = {sizeof(struct lathe_comm_ops), "struct lathe_comm_ops"},
@@ -56,7 +57,7 @@ static const struct {
     [LATHE_KIND_DATA] = {sizeof(struct lathe_data_ops), "struct lathe_data_ops"},
     [LATHE_KIND_OPTIMIZER] = {sizeof(struct lathe_optim_ops), "struct lathe_optim_ops"},
     [LATHE_KIND_SCHEDULER] = {sizeof(struct lathe_sched_ops), "struct lathe_sched_ops"},
-    [LATHE_KIND_BACKEND] = {sizeof(struct lathe_backend_ops), "struct lathe_backend_ops"},
+    [LATHE_KIND_BACKEND] = {offsetof(struct lathe_backend_ops, attention_cached_forward), "struct lathe_backend_ops"},
     [LATHE_KIND_LOGGER] = {sizeof(struct lathe_logger_ops), "struct lathe_logger_ops"},
 };
 

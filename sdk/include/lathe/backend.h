@@ -151,6 +151,15 @@ struct lathe_backend_ops {
                        float b1, float b2, float eps, float wd, float bc1, float bc2);
     /* dtype conversion between f32 and bf16/f16 (enum lathe_dtype) */
     void (*convert)(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n);
+
+    /* ---- ABI 1.1 ---- */
+    /* Attention of T new queries over a KV cache (generation; no backward).
+     * out [B,T,H,D]; q [B,T,H,D]; kc, vc [B,Tmax,Hkv,D] valid up to len;
+     * query i sits at position len-T+i and attends j <= that position with
+     * kseg[b,j] == kseg[b,len-T+i] (kseg [B,Tmax] or NULL: all). */
+    void (*attention_cached_forward)(float *out, const float *q, const float *kc, const float *vc,
+                                     const int32_t *kseg, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                                     int64_t D, int64_t Tmax, int64_t len, float scale);
 };
 
 /* The backend ops now serving new tensors and ops (the CPU backend unless a

@@ -19,5 +19,9 @@
 #include "peft.h"
 #include "reward.h"
 #include "logger.h"
+#include "tokenizer.h"
+#include "chat.h"
+#include "weights.h"
+#include "generate.h"
 
 #endif

@@ -49,6 +49,20 @@ struct lathe_model_ops {
     /* optional: NULL means the model cannot be exported; the checkpoint of
      * the run still holds its parameters. Writes the model to `dir`. */
     int (*save)(void *self, const char *dir);
+
+    /* ---- ABI 1.1: incremental decoding (generation). Check with
+     * LATHE_OPS_HAS before use; NULL means the model cannot generate. ---- */
+    /* A key/value cache for B rows of up to max_len tokens; owned by the
+     * caller, freed with cache_free. */
+    int (*cache_new)(void *self, int64_t B, int64_t max_len, void **cache);
+    void (*cache_free)(void *self, void *cache);
+    /* Run the batch's T new tokens of every row after what the cache holds,
+     * append their keys and values, and return logits [B, T, V] (scoped;
+     * nothing recorded for backward). batch->positions give each token's
+     * position (NULL: continuing 0, 1, ...); batch->segments mark padding
+     * (segment -1 attends nothing and is attended by nothing else). An
+     * overfull cache is an error naming max_len. */
+    lathe_tensor *(*forward_cached)(void *self, void *cache, const struct lathe_batch *batch);
 };
 
 #ifdef __cplusplus

@@ -82,6 +82,18 @@ lathe_tensor *lathe_rope(lathe_tensor *x, lathe_tensor *pos, lathe_tensor *inv_f
 lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
                          lathe_tensor *segments, float scale);
 
+/* Attention of T new queries over a key/value cache, for generation (not
+ * recorded for backward). q [B, T, H, D]; kcache, vcache [B, Tmax, Hkv, D]
+ * whose first `len` positions are valid, the new tokens' keys and values
+ * already written at len - T .. len - 1. Query i attends cache positions
+ * j <= len - T + i whose kseg[b, j] equals its own (kseg I32 [B, Tmax] or
+ * NULL). out [B, T, H, D]. scale <= 0 means 1/sqrt(D). */
+lathe_tensor *lathe_sdpa_cached(lathe_tensor *q, lathe_tensor *kcache, lathe_tensor *vcache, int64_t len,
+                                lathe_tensor *kseg, float scale);
+/* Write src [B, T, ...] into dst [B, Tmax, ...] at positions at .. at+T-1
+ * of dim 1 (a cache update; not recorded). Returns a status. */
+int lathe_write_rows(lathe_tensor *dst, lathe_tensor *src, int64_t at);
+
 /* ---- softmax family -------------------------------------------------- */
 
 /* Over the last dim. */
