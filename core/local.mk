@@ -28,7 +28,7 @@ core_liblathe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^lathe_'
 bin_PROGRAMS += lathe
 lathe_SOURCES = core/cli/main.c core/cli/cli.h core/cli/cmd_train.c core/cli/cmd_plugins.c \
 	core/cli/cmd_config.c core/cli/cmd_tokenize.c core/cli/cmd_convert.c core/cli/cmd_data.c \
-	core/cli/cmd_generate.c
+	core/cli/cmd_generate.c core/cli/pending.c
 lathe_CFLAGS = $(AM_CFLAGS)
 lathe_LDADD = core/liblathe.la $(JANSSON_LIBS)
 
