@@ -275,6 +275,53 @@ START_TEST(test_limits)
 }
 END_TEST
 
+START_TEST(test_bf16_frozen_linear)
+{
+    /* a frozen bf16 weight gives the logits of its f32 rounding, and x still
+     * gets its gradient */
+    lathe_tensor *w = lathe_param_new("w", 2, (int64_t[]){3, 4});
+    lathe_tensor *x = lathe_param_new("x", 2, (int64_t[]){2, 4});
+    lathe_rng r;
+    lathe_rng_seed(&r, 3);
+    for (int i = 0; i < 12; i++)
+        lathe_tensor_f32(w)[i] = (float)lathe_rng_normal(&r);
+    for (int i = 0; i < 8; i++)
+        lathe_tensor_f32(x)[i] = (float)lathe_rng_normal(&r);
+    lathe_tensor *wr = lathe_param_new("wr", 2, (int64_t[]){3, 4}); /* f32 copy of the rounded weight */
+    for (int i = 0; i < 12; i++)
+        lathe_tensor_f32(wr)[i] = lathe_bf16_to_f32(lathe_f32_to_bf16(lathe_tensor_f32(w)[i]));
+    wr->requires_grad = 0;
+    ck_assert_int_eq(lathe_tensor_set_dtype(w, LATHE_BF16), LATHE_EINVAL); /* trainable */
+    w->requires_grad = 0;
+    ck_assert_int_eq(lathe_tensor_set_dtype(w, LATHE_BF16), LATHE_OK);
+    ck_assert_int_eq(w->dtype, LATHE_BF16);
+    ck_assert_int_eq((int)lathe_tensor_nbytes(w), 24);
+    lathe_scope_push();
+    lathe_tensor *a = lathe_linear(x, w, NULL), *b = lathe_linear(x, wr, NULL);
+    ck_assert_ptr_nonnull(a);
+    for (int i = 0; i < 6; i++)
+        ck_assert_float_eq_tol(lathe_tensor_f32(a)[i], lathe_tensor_f32(b)[i], 1e-6f);
+    ck_assert_int_eq(lathe_backward(lathe_sum(a), 1.0f), LATHE_OK);
+    lathe_scope_pop();
+    ck_assert_ptr_nonnull(x->grad);
+    /* d sum(x w^T) / dx[n, i] = sum_o w[o, i] */
+    for (int i = 0; i < 4; i++) {
+        float want = 0;
+        for (int o = 0; o < 3; o++)
+            want += lathe_tensor_f32(wr)[o * 4 + i];
+        ck_assert_float_eq_tol(lathe_tensor_f32(x->grad)[i], want, 1e-5f);
+    }
+    w->requires_grad = 1; /* a trainable bf16 weight is refused */
+    lathe_scope_push();
+    ck_assert_ptr_null(lathe_linear(x, w, NULL));
+    ck_assert_ptr_nonnull(strstr(lathe_errmsg(), "trainable"));
+    lathe_scope_pop();
+    lathe_tensor_free(w);
+    lathe_tensor_free(x);
+    lathe_tensor_free(wr);
+}
+END_TEST
+
 static Suite *tensor_suite(void)
 {
     Suite *s = suite_create("tensor");
@@ -289,6 +336,7 @@ static Suite *tensor_suite(void)
     tcase_add_test(core, test_rng);
     tcase_add_test(core, test_status);
     tcase_add_test(core, test_state_roundtrip);
+    tcase_add_test(core, test_bf16_frozen_linear);
     suite_add_tcase(s, core);
     TCase *lim = tcase_create("Limits");
     tcase_add_test(lim, test_limits);

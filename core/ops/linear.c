@@ -101,6 +101,25 @@ lathe_tensor *lathe_matmul(lathe_tensor *a, lathe_tensor *b, int trans_b)
 
 /* ---- linear --------------------------------------------------------- */
 
+/* A frozen weight may be stored in bf16/f16 to halve its memory (LoRA's
+ * base); each use converts it to a temporary f32 buffer, freed right after,
+ * so no f32 copy of the whole model ever lives at once. */
+static float *weight_f32(const lathe_tensor *w)
+{
+    if (w->dtype == LATHE_F32)
+        return w->data;
+    const struct lathe_backend_ops *be = lathe_backend();
+    int64_t n = lathe_tensor_numel(w);
+    float *f = be->alloc((size_t)n * sizeof *f);
+    if (!f) {
+        lathe_error(LATHE_ENOMEM, "lathe_linear: out of memory converting %s weight '%s'",
+                    lathe_dtype_name(w->dtype), w->name);
+        return NULL;
+    }
+    be->convert(f, LATHE_F32, w->data, w->dtype, n);
+    return f;
+}
+
 static void linear_backward(struct lathe_node *nd)
 {
     const struct lathe_backend_ops *be = lathe_backend();
@@ -109,8 +128,14 @@ static void linear_backward(struct lathe_node *nd)
     const float *dout = nd->out->grad->data; /* [N, OC] */
     float *dx = lathe_node_grad(x);          /* [N, IC] */
     float *dw = lathe_node_grad(w);          /* [OC, IC] */
-    if (dx) /* dx += dout · w */
-        be->gemm(0, 0, N, IC, OC, 1.0f, dout, w->data, 1.0f, dx, 1, 0, 0, 0);
+    if (dx) { /* dx += dout · w */
+        float *wf = weight_f32(w);
+        if (!wf)
+            return; /* out of memory: the message is set; dx stays partial */
+        be->gemm(0, 0, N, IC, OC, 1.0f, dout, wf, 1.0f, dx, 1, 0, 0, 0);
+        if (wf != w->data)
+            be->free(wf);
+    }
     if (dw) /* dw += dout^T · x, straight into the gradient (beta = 1) */
         be->gemm(1, 0, OC, IC, N, 1.0f, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
     if (nd->nin > 2) {
@@ -123,9 +148,21 @@ static void linear_backward(struct lathe_node *nd)
 lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias)
 {
     LATHE_OP_CHECK_INPUTS(x, w);
-    if (lathe_op_expect_f32("lathe_linear", x) || lathe_op_expect_f32("lathe_linear", w) ||
-        (bias && lathe_op_expect_f32("lathe_linear", bias)))
+    if (lathe_op_expect_f32("lathe_linear", x) || (bias && lathe_op_expect_f32("lathe_linear", bias)))
         return NULL;
+    if (w->dtype == LATHE_BF16 || w->dtype == LATHE_F16) {
+        if (w->requires_grad) {
+            lathe_error(LATHE_EINVAL, "lathe_linear: weight '%s' is %s and trainable; only frozen weights may be "
+                                      "held in 16 bits (train in f32)", w->name, lathe_dtype_name(w->dtype));
+            return NULL;
+        }
+        if (!lathe_tensor_is_contiguous(w)) {
+            lathe_error(LATHE_EINVAL, "lathe_linear: expected a contiguous weight");
+            return NULL;
+        }
+    } else if (lathe_op_expect_f32("lathe_linear", w)) {
+        return NULL;
+    }
     char sx[96], sw[96];
     lathe_tensor_shape_str(x, sx, sizeof sx);
     lathe_tensor_shape_str(w, sw, sizeof sw);
@@ -149,7 +186,12 @@ lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias)
     if (!out)
         return NULL;
     const struct lathe_backend_ops *be = lathe_backend();
-    be->gemm(0, 1, N, OC, IC, 1.0f, x->data, w->data, 0.0f, out->data, 1, 0, 0, 0);
+    float *wf = weight_f32(w);
+    if (!wf)
+        return NULL;
+    be->gemm(0, 1, N, OC, IC, 1.0f, x->data, wf, 0.0f, out->data, 1, 0, 0, 0);
+    if (wf != w->data)
+        be->free(wf);
     if (bias)
         be->bias_forward(out->data, bias->data, N, OC);
     lathe_tensor *in[3] = {x, w, bias};

@@ -266,6 +266,37 @@ int lathe_tensor_copy(lathe_tensor *dst, const lathe_tensor *src)
     return LATHE_OK;
 }
 
+int lathe_tensor_set_dtype(lathe_tensor *t, enum lathe_dtype dt)
+{
+    if (!t)
+        return lathe_error(LATHE_EINVAL, "set_dtype: NULL tensor");
+    if (t->dtype == dt)
+        return LATHE_OK;
+    if ((t->flags & LATHE_TENSOR_SCOPED) || t->requires_grad || !(t->flags & LATHE_TENSOR_OWNS_DATA))
+        return lathe_error(LATHE_EINVAL, "set_dtype: '%s' must be a caller-owned tensor that needs no gradient",
+                           t->name);
+    if ((unsigned)dt >= LATHE_DTYPE_COUNT)
+        return lathe_error(LATHE_EINVAL, "set_dtype: unknown dtype %d", (int)dt);
+    lathe_tensor tmp = *t;
+    tmp.dtype = dt;
+    tmp.data = lathe_backend()->alloc(lathe_tensor_nbytes(&tmp) + 1);
+    if (!tmp.data)
+        return lathe_error(LATHE_ENOMEM, "set_dtype: out of memory converting '%s'", t->name);
+    int rc = lathe_tensor_copy(&tmp, t);
+    if (rc != LATHE_OK) {
+        lathe_backend()->free(tmp.data);
+        return rc;
+    }
+    lathe_backend()->free(t->data);
+    t->data = tmp.data;
+    t->dtype = dt;
+    if (t->grad) {
+        lathe_tensor_destroy(t->grad);
+        t->grad = NULL;
+    }
+    return LATHE_OK;
+}
+
 lathe_tensor *lathe_tensor_to_dtype(const lathe_tensor *t, enum lathe_dtype dt)
 {
     if (!t)

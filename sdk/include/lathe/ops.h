@@ -29,7 +29,8 @@ extern "C" {
 lathe_tensor *lathe_matmul(lathe_tensor *a, lathe_tensor *b, int trans_b);
 
 /* out[..., OC] = x[..., IC] · w[OC, IC]^T + bias[OC]  (PyTorch layout;
- * bias may be NULL). */
+ * bias may be NULL). A frozen w (requires_grad 0) may be stored BF16 or F16:
+ * it is converted per call, never kept in f32. */
 lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias);
 
 /* ---- embedding ------------------------------------------------------- */

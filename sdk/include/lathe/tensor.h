@@ -98,6 +98,10 @@ int32_t *lathe_tensor_i32(const lathe_tensor *t);
 /* A new tensor holding t converted to dt (f32 <-> bf16 <-> f16; ints to and
  * from f32). Not recorded for autograd. */
 lathe_tensor *lathe_tensor_to_dtype(const lathe_tensor *t, enum lathe_dtype dt);
+/* Convert a caller-owned tensor's storage to dt in place (e.g. a frozen
+ * weight to BF16 to halve its memory). Not for scoped tensors or tensors
+ * that require grad. */
+int lathe_tensor_set_dtype(lathe_tensor *t, enum lathe_dtype dt);
 /* Copy src into dst (same numel; dtypes converted). */
 int lathe_tensor_copy(lathe_tensor *dst, const lathe_tensor *src);
 
