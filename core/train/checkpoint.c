@@ -96,6 +96,14 @@ int lathe_checkpoint_exists(const struct lathe_run *run)
     return n > 0;
 }
 
+/* A sharding strategy saves each rank's optimizer shard itself. */
+static int strategy_keeps_optim(const struct lathe_run *run)
+{
+    return run->strategy.self &&
+           LATHE_OPS_HAS((const struct lathe_strategy_ops *)run->strategy.ops, struct lathe_strategy_ops, state_save) &&
+           LATHE_OPS_HAS((const struct lathe_strategy_ops *)run->strategy.ops, struct lathe_strategy_ops, state_load);
+}
+
 static int put_components(struct lathe_run *run, lathe_state *st, const struct lathe_loop_state *ls)
 {
     int rc = LATHE_OK;
@@ -110,7 +118,7 @@ static int put_components(struct lathe_run *run, lathe_state *st, const struct l
         for (size_t i = 0; rc == LATHE_OK && i < n; i++)
             rc = lathe_state_put_tensor(st, p[i]->name, p[i]);
     }
-    if (rc == LATHE_OK) {
+    if (rc == LATHE_OK && !strategy_keeps_optim(run)) {
         lathe_state_set_prefix(st, "optim.");
         rc = ((const struct lathe_optim_ops *)run->optim.ops)->state_save(run->optim.self, st);
     }
@@ -135,12 +143,40 @@ static int put_components(struct lathe_run *run, lathe_state *st, const struct l
     return rc;
 }
 
+static int save_shared(struct lathe_run *run, const struct lathe_loop_state *ls, const char *root, const char *dir,
+                       const char *tmp);
+static int publish(struct lathe_run *run, const char *root, const char *dir, const char *tmp);
+
+/* Every rank calls this. Rank 0 writes the shared state; with a sharding
+ * strategy every rank then writes its optimizer shard into the same
+ * temporary directory, and rank 0 renames it once all are done. */
 int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *ls)
 {
     char root[4200], dir[4300], tmp[4400];
     snprintf(root, sizeof root, "%s/checkpoints", run->output_dir);
     snprintf(dir, sizeof dir, "%s/step-%08lld", root, (long long)ls->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    int rc = run->env.rank == 0 ? save_shared(run, ls, root, dir, tmp) : LATHE_OK;
+    /* every rank enters every barrier, whatever failed, so that no
+     * collective is left half-entered (barriers are no-ops in one process) */
+    int brc = lathe_run_barrier(run);
+    if (rc == LATHE_OK && brc == LATHE_OK && strategy_keeps_optim(run))
+        rc = ((const struct lathe_strategy_ops *)run->strategy.ops)
+                 ->state_save(run->strategy.self, run->optim.ops, run->optim.self, tmp);
+    if (brc == LATHE_OK)
+        brc = lathe_run_barrier(run);
+    if (rc == LATHE_OK && brc == LATHE_OK && run->env.rank == 0)
+        rc = publish(run, root, dir, tmp);
+    if (brc == LATHE_OK)
+        brc = lathe_run_barrier(run);
+    return rc != LATHE_OK ? rc : brc;
+}
+
+/* Write the state every rank shares (parameters, data, loop, and the
+ * optimizer unless the strategy keeps it) into tmp. */
+static int save_shared(struct lathe_run *run, const struct lathe_loop_state *ls, const char *root, const char *dir,
+                       const char *tmp)
+{
     int rc = lathe_mkdir_p(root);
     if (rc == LATHE_OK)
         rc = rm_rf(tmp);
@@ -154,9 +190,16 @@ int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *
     if (rc == LATHE_OK)
         rc = lathe_state_write(st, tmp);
     lathe_state_free(st);
+    if (rc != LATHE_OK)
+        return lathe_error_prefix(rc, "saving checkpoint %s", dir);
+    return LATHE_OK;
+}
+
+/* Rename tmp into place and drop checkpoints beyond keep_checkpoints. */
+static int publish(struct lathe_run *run, const char *root, const char *dir, const char *tmp)
+{
     /* the same step saved twice (a signal right after a periodic save) */
-    if (rc == LATHE_OK)
-        rc = rm_rf(dir);
+    int rc = rm_rf(dir);
     if (rc == LATHE_OK && rename(tmp, dir) != 0)
         rc = lathe_error(LATHE_EIO, "%s: cannot rename into place: %s", dir, strerror(errno));
     if (rc != LATHE_OK)
@@ -190,7 +233,7 @@ static int get_components(struct lathe_run *run, lathe_state *st, struct lathe_l
         for (size_t i = 0; rc == LATHE_OK && i < n; i++)
             rc = lathe_state_get_tensor(st, p[i]->name, p[i]);
     }
-    if (rc == LATHE_OK) {
+    if (rc == LATHE_OK && !strategy_keeps_optim(run)) {
         lathe_state_set_prefix(st, "optim.");
         rc = ((const struct lathe_optim_ops *)run->optim.ops)->state_load(run->optim.self, st);
     }
@@ -236,6 +279,9 @@ int lathe_checkpoint_load_latest(struct lathe_run *run, struct lathe_loop_state 
         rc = get_components(run, st, ls);
         lathe_state_free(st);
     }
+    if (rc == LATHE_OK && strategy_keeps_optim(run))
+        rc = ((const struct lathe_strategy_ops *)run->strategy.ops)
+                 ->state_load(run->strategy.self, run->optim.ops, run->optim.self, dir);
     if (rc != LATHE_OK)
         return lathe_error_prefix(rc, "resuming from %s", dir);
     return LATHE_OK;

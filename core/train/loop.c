@@ -49,6 +49,46 @@ static double scalar_of(const lathe_tensor *t)
 #define OPTIM(run) ((const struct lathe_optim_ops *)(run)->optim.ops)
 #define SCHED(run) ((const struct lathe_sched_ops *)(run)->sched.ops)
 
+/* Rows [rank*B/N, (rank+1)*B/N) of a [B, T] tensor (NULL stays NULL). */
+static lathe_tensor *rows_of(lathe_tensor *t, int64_t from, int64_t n)
+{
+    if (!t)
+        return NULL;
+    int64_t shape[LATHE_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[0] = n;
+    lathe_tensor *out = lathe_tensor_new(t->dtype, t->ndim, shape);
+    if (!out)
+        return NULL;
+    size_t row = lathe_tensor_nbytes(t) / (size_t)t->shape[0];
+    lathe_backend()->copy(out->data, (const char *)t->data + (size_t)from * row, (size_t)n * row, 1);
+    return out;
+}
+
+static int batch_shard(struct lathe_batch *b, int rank, int world)
+{
+    if (b->B % world != 0)
+        return lathe_error(LATHE_EINVAL, "a batch of %lld rows does not divide among %d processes", (long long)b->B, world);
+    int64_t n = b->B / world, from = (int64_t)rank * n;
+    lathe_tensor *ids = rows_of(b->input_ids, from, n), *labels = rows_of(b->labels, from, n);
+    if (!ids || (b->labels && !labels))
+        return lathe_error(LATHE_ENOMEM, "out of memory sharding a batch");
+    b->input_ids = ids;
+    b->labels = labels;
+    b->positions = rows_of(b->positions, from, n);
+    b->segments = rows_of(b->segments, from, n);
+    b->targets = rows_of(b->targets, from, n);
+    b->B = n;
+    if (labels) {
+        const int32_t *l = lathe_tensor_i32(labels);
+        int64_t cnt = 0;
+        for (int64_t i = 0; l && i < lathe_tensor_numel(labels); i++)
+            cnt += l[i] != LATHE_IGNORE_INDEX;
+        b->ntokens = cnt;
+    }
+    return LATHE_OK;
+}
+
 /* One micro-batch: forward, loss, backward. *loss_out gets the loss value. */
 static int micro_step(struct lathe_run *run, int split, int train, float scale, double *loss_out,
                       int64_t *tokens, int64_t *label_tokens)
@@ -60,6 +100,9 @@ static int micro_step(struct lathe_run *run, int split, int train, float scale, 
         lathe_scope_pop();
         return rc == LATHE_EOF ? rc : lathe_error_prefix(rc, "[data] %s", run->data.name);
     }
+    /* every rank reads the same global batch and keeps its own rows */
+    if (train && run->env.world_size > 1 && (rc = batch_shard(&batch, run->env.rank, run->env.world_size)) != LATHE_OK)
+        goto out;
     lathe_tensor *logits = MODEL(run)->forward(run->model.self, &batch, train);
     if (!logits) {
         rc = lathe_error_prefix(LATHE_EINVAL, "[model] %s: forward", run->model.name);
@@ -85,12 +128,19 @@ out:
     return rc;
 }
 
+#define STRATEGY(run) ((const struct lathe_strategy_ops *)(run)->strategy.ops)
+
 static double grad_norm(struct lathe_run *run)
 {
     const struct lathe_backend_ops *be = lathe_backend();
     double total = 0.0;
-    for (size_t i = 0; i < run->ntrainable; i++) {
-        lathe_tensor *p = run->trainable[i];
+    if (run->strategy.self && LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, grad_sumsq)) {
+        if (STRATEGY(run)->grad_sumsq(run->strategy.self, &total) != LATHE_OK)
+            return NAN;
+        return sqrt(total);
+    }
+    for (size_t i = 0; i < run->noptim; i++) {
+        lathe_tensor *p = run->optim_params[i];
         if (!p->grad)
             continue;
         double s = 0.0;
@@ -108,8 +158,8 @@ static void clip_grads(struct lathe_run *run, double norm)
         return;
     float c = (float)(max / (norm + 1e-6));
     const struct lathe_backend_ops *be = lathe_backend();
-    for (size_t i = 0; i < run->ntrainable; i++) {
-        lathe_tensor *g = run->trainable[i]->grad;
+    for (size_t i = 0; i < run->noptim; i++) {
+        lathe_tensor *g = run->optim_params[i]->grad;
         if (g)
             be->scale(g->data, g->data, c, lathe_tensor_numel(g), 0);
     }
@@ -161,6 +211,8 @@ static int evaluate(struct lathe_run *run, double *out)
 
 static int log_scalars(struct lathe_run *run, int64_t step, const char *const *names, const double *v, size_t n)
 {
+    if (run->env.rank != 0)
+        return LATHE_OK;
     for (size_t i = 0; i < run->nloggers; i++) {
         int rc = run->log_ops[i]->scalars(run->log_self[i], step, names, v, n);
         if (rc != LATHE_OK)
@@ -171,6 +223,8 @@ static int log_scalars(struct lathe_run *run, int64_t step, const char *const *n
 
 static int open_loggers(struct lathe_run *run)
 {
+    if (run->env.rank != 0)
+        return LATHE_OK; /* rank 0 writes the logs */
     if (run->jsonl)
         run->log_ops[run->nloggers++] = &lathe_logger_jsonl;
     if (run->tensorboard)
@@ -181,6 +235,20 @@ static int open_loggers(struct lathe_run *run)
             return rc;
     }
     return LATHE_OK;
+}
+
+/* What each rank holds (the ZeRO stages' point), in the log. */
+static void report_memory(struct lathe_run *run)
+{
+    size_t pb = 0, gb = 0, ob = 0;
+    if (LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, memory))
+        STRATEGY(run)->memory(run->strategy.self, &pb, &gb, &ob);
+    else if (LATHE_OPS_HAS(OPTIM(run), struct lathe_optim_ops, state_bytes))
+        ob = OPTIM(run)->state_bytes(run->optim.self);
+    /* every rank reports: the figures differ by rank */
+    printf("rank %d/%d [parallel] %s: parameters %zu bytes, gradients %zu bytes, optimizer state %zu bytes\n",
+           run->env.rank, run->env.world_size, run->strategy.name, pb, gb, ob);
+    fflush(stdout);
 }
 
 static size_t param_count(lathe_tensor *const *p, size_t n)
@@ -215,7 +283,7 @@ static int check_shapes(struct lathe_run *run)
 
 static int prepare_output(struct lathe_run *run, struct lathe_loop_state *ls)
 {
-    int rc = lathe_mkdir_p(run->output_dir);
+    int rc = run->env.rank == 0 ? lathe_mkdir_p(run->output_dir) : LATHE_OK;
     if (rc != LATHE_OK)
         return rc;
     char metrics[4200];
@@ -230,13 +298,13 @@ static int prepare_output(struct lathe_run *run, struct lathe_loop_state *ls)
             return rc;
         lathe_progress_note("resumed from %s (step %lld)", dir, (long long)ls->step);
         /* lines logged after that checkpoint are superseded by this run */
-        return lathe_metrics_truncate(metrics, ls->step);
+        return run->env.rank == 0 ? lathe_metrics_truncate(metrics, ls->step) : LATHE_OK;
     }
     if (lathe_checkpoint_exists(run))
         return lathe_error(LATHE_EINVAL,
                            "%s holds checkpoints of an earlier run; continue it with --resume, or choose another [run] output_dir",
                            run->output_dir);
-    return lathe_metrics_set_aside(metrics);
+    return run->env.rank == 0 ? lathe_metrics_set_aside(metrics) : LATHE_OK;
 }
 
 int lathe_run_train(struct lathe_run *run)
@@ -248,7 +316,10 @@ int lathe_run_train(struct lathe_run *run)
         omp_set_num_threads((int)t->threads);
 #endif
     lathe_rng_seed(lathe_rng_global(), run->env.seed ^ 0x6c617468ULL);
+    lathe_progress_set_quiet(run->env.rank != 0);
     int rc = check_shapes(run);
+    if (rc == LATHE_OK && run->strategy.self)
+        report_memory(run);
     if (rc == LATHE_OK)
         rc = prepare_output(run, &ls);
     if (rc == LATHE_OK)
@@ -283,6 +354,10 @@ int lathe_run_train(struct lathe_run *run)
         }
         if (rc != LATHE_OK)
             break;
+        if (run->strategy.self && (rc = STRATEGY(run)->reduce_grads(run->strategy.self)) != LATHE_OK) {
+            rc = lathe_error_prefix(rc, "[parallel] %s: reduce_grads", run->strategy.name);
+            break;
+        }
         double norm = grad_norm(run);
         if (!isfinite(norm)) {
             rc = lathe_error(LATHE_EINVAL, "step %lld: the gradient norm is %g; lower [optim] lr",
@@ -296,10 +371,23 @@ int lathe_run_train(struct lathe_run *run)
         }
         for (size_t i = 0; i < run->ntrainable; i++)
             lathe_tensor_zero_grad(run->trainable[i]);
+        for (size_t i = 0; i < run->noptim; i++)
+            lathe_tensor_zero_grad(run->optim_params[i]);
+        if (run->strategy.self && (rc = STRATEGY(run)->sync_params(run->strategy.self)) != LATHE_OK) {
+            rc = lathe_error_prefix(rc, "[parallel] %s: sync_params", run->strategy.name);
+            break;
+        }
+        /* the logged loss is the global batch's; a signal on any rank stops all */
+        double agree[2] = {loss_sum / (double)t->grad_accum, stop_signal ? 1.0 : 0.0};
+        if ((rc = lathe_run_allreduce_mean(run, agree, 2)) != LATHE_OK)
+            break;
+        if (agree[1] > 0 && !stop_signal)
+            stop_signal = SIGTERM;
+        tokens *= run->env.world_size;
         ls.step++;
         ls.tokens_seen += tokens;
         double dt = now_s() - t0;
-        double loss = loss_sum / (double)t->grad_accum;
+        double loss = agree[0];
         double tps = dt > 0 ? (double)tokens / dt : 0.0;
         double eta = (now_s() - started) / (double)(ls.step - first) * (double)(t->steps - ls.step);
         if (ls.step % t->log_every == 0 || ls.step == t->steps) {
@@ -345,7 +433,8 @@ int lathe_run_train(struct lathe_run *run)
                             (int)stop_signal, (long long)ls.step);
         return lathe_error(LATHE_EINTR, "interrupted at step %lld (checkpoint saved)", (long long)ls.step);
     }
-    if (rc == LATHE_OK && MODEL(run)->save && LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save)) {
+    if (rc == LATHE_OK && run->env.rank == 0 && MODEL(run)->save &&
+        LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save)) {
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/final", run->output_dir);
         rc = lathe_mkdir_p(dir);

@@ -15,6 +15,9 @@
 
 static int on_tty = -1;
 static int line_open;
+static int quiet;
+
+void lathe_progress_set_quiet(int q) { quiet = q; }
 
 static int tty(void)
 {
@@ -42,6 +45,8 @@ static const char *fmt_eta(double s, char *buf, size_t n)
 void lathe_progress_step(const struct lathe_run *run, int64_t step, double loss, double lr, double grad_norm,
                          double tokens_per_s, double eta_s)
 {
+    if (quiet)
+        return;
     char eta[32];
     if (tty()) {
         printf("\r\033[Kstep %lld/%lld | loss %.6f | lr %.3e | grad %.3f | %.0f tok/s | ETA %s", (long long)step,
@@ -56,6 +61,8 @@ void lathe_progress_step(const struct lathe_run *run, int64_t step, double loss,
 
 void lathe_progress_eval(const struct lathe_run *run, int64_t step, double eval_loss, int improved)
 {
+    if (quiet)
+        return;
     (void)run;
     if (line_open)
         printf("\n");
@@ -75,6 +82,8 @@ void lathe_progress_done(const struct lathe_run *run)
 
 void lathe_progress_note(const char *fmt, ...)
 {
+    if (quiet)
+        return;
     if (line_open)
         printf("\n");
     line_open = 0;

@@ -3,7 +3,8 @@
  * Reads [run], [train] and [log], opens the plugin registry (search order:
  * --plugin-path, $LATHE_PLUGIN_PATH, [plugins] path, the installed
  * directory), and creates one instance per component section: [model],
- * [data], [loss], [optim], [schedule], [peft]. Afterwards every
+ * [data], [loss], [optim], [schedule], [peft], and for several processes
+ * [parallel] (the strategy) and [comm] (the communicator). Afterwards every
  * key of the file must have been read by someone. */
 #include <libgen.h>
 #include <limits.h>
@@ -119,6 +120,7 @@ static int create_simple(struct lathe_run *run, struct lathe_component_inst *ci)
     case LATHE_KIND_SCHEDULER: rc = ((const struct lathe_sched_ops *)ci->ops)->create(s, env, &ci->self); break;
     case LATHE_KIND_PEFT: rc = ((const struct lathe_peft_ops *)ci->ops)->create(s, env, &ci->self); break;
     case LATHE_KIND_LOGGER: rc = ((const struct lathe_logger_ops *)ci->ops)->create(s, env, &ci->self); break;
+    case LATHE_KIND_COMM: rc = ((const struct lathe_comm_ops *)ci->ops)->create(s, env, &ci->self); break;
     default: rc = lathe_error(LATHE_EINVAL, "internal: kind %d has no simple create", ci->kind);
     }
     return created(run, ci, rc);
@@ -136,6 +138,8 @@ static void destroy_component(struct lathe_component_inst *ci)
     case LATHE_KIND_SCHEDULER: ((const struct lathe_sched_ops *)ci->ops)->destroy(ci->self); break;
     case LATHE_KIND_PEFT: ((const struct lathe_peft_ops *)ci->ops)->destroy(ci->self); break;
     case LATHE_KIND_LOGGER: ((const struct lathe_logger_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_STRATEGY: ((const struct lathe_strategy_ops *)ci->ops)->destroy(ci->self); break;
+    case LATHE_KIND_COMM: ((const struct lathe_comm_ops *)ci->ops)->destroy(ci->self); break;
     default: break;
     }
     ci->self = NULL;
@@ -239,6 +243,72 @@ static int collect_params(struct lathe_run *run)
     return LATHE_OK;
 }
 
+/* [comm] when [parallel] asks for a strategy: the ranks are known before
+ * any other component is made. */
+static int create_comm(struct lathe_run *run)
+{
+    if (!lathe_config_has_section(run->cfg, "parallel"))
+        return lathe_config_has_section(run->cfg, "comm")
+                   ? lathe_error(LATHE_ECONFIG, "%s: [comm] without [parallel]: name a strategy (plugin = ddp | zero)",
+                                 lathe_config_path(run->cfg))
+                   : LATHE_OK;
+    int rc = find_component(run, LATHE_KIND_COMM, "comm", "mpi", &run->comm);
+    if (rc == LATHE_OK)
+        rc = create_simple(run, &run->comm);
+    if (rc != LATHE_OK)
+        return rc;
+    const struct lathe_comm_ops *co = run->comm.ops;
+    run->env.rank = co->rank(run->comm.self);
+    run->env.world_size = co->world_size(run->comm.self);
+    if (run->train.batch_size % run->env.world_size != 0)
+        return lathe_error(LATHE_ECONFIG, "%s: [train] batch_size %lld is the global batch; it must divide among %d processes",
+                           lathe_config_path(run->cfg), (long long)run->train.batch_size, run->env.world_size);
+    return LATHE_OK;
+}
+
+/* [parallel] wraps the trainable parameters; the optimizer then sees what
+ * the strategy hands out. Without one, the optimizer sees them all. */
+static int create_strategy(struct lathe_run *run)
+{
+    run->optim_params = run->trainable;
+    run->noptim = run->ntrainable;
+    if (!run->comm.self)
+        return LATHE_OK;
+    int rc = find_component(run, LATHE_KIND_STRATEGY, "parallel", NULL, &run->strategy);
+    if (rc != LATHE_OK)
+        return rc;
+    const struct lathe_strategy_ops *so = run->strategy.ops;
+    rc = created(run, &run->strategy,
+                 so->create(lathe_config_section(run->cfg, "parallel"), &run->env, run->comm.ops, run->comm.self,
+                            run->trainable, run->ntrainable, &run->strategy.self));
+    if (rc == LATHE_OK && LATHE_OPS_HAS(so, struct lathe_strategy_ops, optim_params))
+        rc = created(run, &run->strategy, so->optim_params(run->strategy.self, &run->optim_params, &run->noptim));
+    return rc;
+}
+
+int lathe_run_barrier(struct lathe_run *run)
+{
+    if (!run->comm.self)
+        return LATHE_OK;
+    return ((const struct lathe_comm_ops *)run->comm.ops)->barrier(run->comm.self);
+}
+
+int lathe_run_allreduce_mean(struct lathe_run *run, double *v, int n)
+{
+    if (!run->comm.self || run->env.world_size == 1)
+        return LATHE_OK;
+    float buf[16];
+    if (n > 16)
+        return lathe_error(LATHE_EINVAL, "internal: allreduce of %d values", n);
+    for (int i = 0; i < n; i++)
+        buf[i] = (float)v[i];
+    int rc = ((const struct lathe_comm_ops *)run->comm.ops)->all_reduce(run->comm.self, buf, n, LATHE_F32,
+                                                                        LATHE_REDUCE_AVG);
+    for (int i = 0; rc == LATHE_OK && i < n; i++)
+        v[i] = buf[i];
+    return rc;
+}
+
 int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
 {
     *out = NULL;
@@ -256,6 +326,8 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = read_run_settings(run);
     if (rc == LATHE_OK)
         rc = open_registry(run, o->plugin_path);
+    if (rc == LATHE_OK)
+        rc = create_comm(run);
     /* model first: the others may ask it (vocabulary, context) */
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_MODEL, "model", NULL, &run->model)))
         rc = create_simple(run, &run->model);
@@ -270,10 +342,12 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = create_simple(run, &run->loss);
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_SCHEDULER, "schedule", "constant", &run->sched)))
         rc = create_simple(run, &run->sched);
+    if (rc == LATHE_OK)
+        rc = create_strategy(run);
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_OPTIMIZER, "optim", "adamw", &run->optim))) {
         const struct lathe_optim_ops *oo = run->optim.ops;
-        rc = created(run, &run->optim, oo->create(lathe_config_section(run->cfg, "optim"), &run->env, run->trainable,
-                                             run->ntrainable, &run->optim.self));
+        rc = created(run, &run->optim, oo->create(lathe_config_section(run->cfg, "optim"), &run->env,
+                                                  run->optim_params, run->noptim, &run->optim.self));
     }
     if (rc == LATHE_OK)
         rc = lathe_config_check_unused(run->cfg);
@@ -293,12 +367,14 @@ void lathe_run_destroy(struct lathe_run *run)
         if (run->log_self[i])
             run->log_ops[i]->destroy(run->log_self[i]);
     destroy_component(&run->optim);
+    destroy_component(&run->strategy);
     destroy_component(&run->sched);
     destroy_component(&run->loss);
     destroy_component(&run->data);
     destroy_component(&run->peft);
     destroy_component(&run->model);
     free(run->trainable);
+    destroy_component(&run->comm); /* last: others may talk through it while going */
     lathe_registry_close(run->reg);
     lathe_config_free(run->cfg);
     free(run);

@@ -28,6 +28,13 @@ struct lathe_run {
     int tensorboard, jsonl;
 
     struct lathe_component_inst model, data, loss, optim, sched, peft;
+    /* several processes: [parallel] names the strategy, [comm] the
+     * communicator (default mpi); both absent in a single process */
+    struct lathe_component_inst comm, strategy;
+    /* what the optimizer updates: the trainable parameters, or the shard
+     * views the strategy hands out */
+    lathe_tensor *const *optim_params;
+    size_t noptim;
     /* every parameter, and the trainable ones (what the optimizer sees) */
     lathe_tensor *const *params;
     size_t nparams;
@@ -47,6 +54,10 @@ struct lathe_loop_state {
     int64_t bad_evals;               /* evaluations since the best */
 };
 
+/* Collectives through the run's communicator; no-ops in one process. */
+int lathe_run_barrier(struct lathe_run *run);
+int lathe_run_allreduce_mean(struct lathe_run *run, double *v, int n);
+
 /* checkpoint.c */
 int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *ls);
 /* Whether OUTPUT_DIR/checkpoints holds a complete checkpoint. */
@@ -65,6 +76,8 @@ void lathe_progress_step(const struct lathe_run *run, int64_t step, double loss,
                          double grad_norm, double tokens_per_s, double eta_s);
 void lathe_progress_eval(const struct lathe_run *run, int64_t step, double eval_loss, int improved);
 void lathe_progress_done(const struct lathe_run *run);
+/* Ranks other than 0 print nothing. */
+void lathe_progress_set_quiet(int quiet);
 void lathe_progress_note(const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 1, 2)))

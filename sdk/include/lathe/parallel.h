@@ -5,6 +5,7 @@
 #define LATHE_PARALLEL_H
 
 #include "env.h"
+#include "optim.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -45,6 +46,26 @@ struct lathe_strategy_ops {
     int (*reduce_grads)(void *self);
     /* After the optimizer step: make parameters whole where sharded. */
     int (*sync_params)(void *self);
+
+    /* ---- ABI 1.1 ---- */
+    /* The tensors this rank's optimizer updates, each with its grad set
+     * after reduce_grads: the parameters themselves (ddp), or views of the
+     * shard this rank owns (zero). Owned by the strategy; valid until
+     * destroy. The optimizer is created over exactly these. */
+    int (*optim_params)(void *self, lathe_tensor *const **params, size_t *n);
+    /* optional: the squared norm of the whole (global) gradient after
+     * reduce_grads, the same on every rank. NULL: the loop sums the grads of
+     * optim_params itself (right when every rank holds all of them). */
+    int (*grad_sumsq)(void *self, double *out);
+    /* optional: save / load the optimizer state of this rank into the
+     * checkpoint directory `dir` (every rank calls it; files of its own
+     * naming plus whatever manifest lets a run with another number of
+     * processes load it). NULL: rank 0's optimizer state_save is used. */
+    int (*state_save)(void *self, const struct lathe_optim_ops *optim, void *optim_self, const char *dir);
+    int (*state_load)(void *self, const struct lathe_optim_ops *optim, void *optim_self, const char *dir);
+    /* optional: bytes this rank holds of parameters, gradients and optimizer
+     * state (reported in the log). */
+    int (*memory)(void *self, size_t *param_bytes, size_t *grad_bytes, size_t *optim_bytes);
 };
 
 #ifdef __cplusplus
