@@ -49,7 +49,7 @@ static const struct {
 } kind_ops[LATHE_KIND_COUNT] = {
     /* minor 1 appended the generation slots (cache_new ...) */
     [LATHE_KIND_MODEL] = {offsetof(struct lathe_model_ops, cache_new), "struct lathe_model_ops"},
-    [LATHE_KIND_PEFT] = {sizeof(struct lathe_peft_ops), "struct lathe_peft_ops"},
+    [LATHE_KIND_PEFT] = {offsetof(struct lathe_peft_ops, set_enabled), "struct lathe_peft_ops"},
     [LATHE_KIND_STRATEGY] = {offsetof(struct lathe_strategy_ops, optim_params), "struct lathe_strategy_ops"},
     [LATHE_KIND_COMM] = {sizeof(struct lathe_comm_ops), "struct lathe_comm_ops"},
     [LATHE_KIND_LOSS] = {sizeof(struct lathe_loss_ops), "struct lathe_loss_ops"},

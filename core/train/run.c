@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "io/metrics.h"
+#include "train/rewards.h"
 #include "train/run_internal.h"
 
 static const char *basename_noext(const char *path, char *buf, size_t n)
@@ -336,6 +337,16 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = create_simple(run, &run->peft);
     if (rc == LATHE_OK)
         rc = collect_params(run);
+    if (rc == LATHE_OK) {
+        /* what sampling and scoring components need (RL rollouts) */
+        run->env.model_ops = run->model.ops;
+        run->env.model_self = run->model.self;
+        run->env.peft_ops = run->peft.ops;
+        run->env.peft_self = run->peft.self;
+        rc = lathe_rewards_create(run->cfg, run->reg, &run->env, &run->rewards, &run->nrewards);
+        run->env.rewards = run->rewards;
+        run->env.nrewards = run->nrewards;
+    }
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_DATA, "data", NULL, &run->data)))
         rc = create_simple(run, &run->data);
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_LOSS, "loss", "cross-entropy", &run->loss)))
@@ -371,6 +382,7 @@ void lathe_run_destroy(struct lathe_run *run)
     destroy_component(&run->sched);
     destroy_component(&run->loss);
     destroy_component(&run->data);
+    lathe_rewards_destroy(run->rewards, run->nrewards);
     destroy_component(&run->peft);
     destroy_component(&run->model);
     free(run->trainable);

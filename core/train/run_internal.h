@@ -35,6 +35,8 @@ struct lathe_run {
      * views the strategy hands out */
     lathe_tensor *const *optim_params;
     size_t noptim;
+    struct lathe_reward_inst *rewards; /* [reward.*] */
+    size_t nrewards;
     /* every parameter, and the trainable ones (what the optimizer sees) */
     lathe_tensor *const *params;
     size_t nparams;

@@ -13,6 +13,10 @@
 extern "C" {
 #endif
 
+struct lathe_model_ops;
+struct lathe_peft_ops;
+struct lathe_reward_ops;
+
 enum lathe_precision { LATHE_PRECISION_FP32 = 0, LATHE_PRECISION_BF16, LATHE_PRECISION_FP16 };
 
 /* Borrowed by every create(); valid for the life of the run. */
@@ -27,6 +31,28 @@ struct lathe_env {
     int64_t steps;             /* optimizer steps of the run */
     int rank, world_size;      /* this process among the run's processes */
     lathe_config *config;      /* the whole configuration */
+
+    /* ---- ABI 1.1: what components that sample or score need ---- */
+    /* The run's model, set once it exists (NULL while the model itself is
+     * being created): data components that sample from the policy (RL
+     * rollouts) use it through its ops. */
+    const struct lathe_model_ops *model_ops;
+    void *model_self;
+    /* The [peft] instance or NULL (e.g. to switch an adapter off for a
+     * reference policy). */
+    const struct lathe_peft_ops *peft_ops;
+    void *peft_self;
+    /* The [reward.*] instances, in file order. */
+    const struct lathe_reward_inst *rewards;
+    size_t nrewards;
+};
+
+/* One configured reward function ([reward.NAME] plugin = ..., weight = ...). */
+struct lathe_reward_inst {
+    const char *name;                    /* "format" of [reward.format] */
+    const struct lathe_reward_ops *ops;
+    void *self;
+    double weight;                       /* [reward.NAME] weight (1.0) */
 };
 
 enum lathe_split { LATHE_SPLIT_TRAIN = 0, LATHE_SPLIT_EVAL = 1 };
@@ -46,6 +72,11 @@ struct lathe_batch {
                                   segment (packing, padding) */
     lathe_tensor *targets;     /* F32 regression targets or NULL */
     int64_t ntokens;           /* labels that are not ignored */
+
+    /* ---- ABI 1.1: policy-gradient losses (GRPO); NULL otherwise ---- */
+    lathe_tensor *advantages;  /* F32 [B]: the advantage of each row's completion */
+    lathe_tensor *old_logps;   /* F32 [B,T]: log-prob of each label under the sampling policy */
+    lathe_tensor *ref_logps;   /* F32 [B,T]: ... under the reference policy (or NULL) */
 };
 
 /* ---- checkpoint state --------------------------------------------------

@@ -20,6 +20,12 @@ struct lathe_peft_ops {
     int (*params)(void *self, lathe_tensor *const **params, size_t *n);
     /* optional: write the adapter to dir. */
     int (*save)(void *self, const char *dir);
+
+    /* ---- ABI 1.1 ---- */
+    /* optional: switch the adapter off (0) and on (1): with it off the model
+     * computes the base model, which serves as the reference policy of RL
+     * fine-tuning without a second copy in memory. */
+    int (*set_enabled)(void *self, int enabled);
 };
 
 #ifdef __cplusplus
