@@ -75,6 +75,8 @@ static const struct lathe_backend_ops cpu_ops = {
     .adamw_step = lathe_cpu_adamw_step,
     .convert = lathe_cpu_convert,
     .attention_cached_forward = lathe_cpu_attention_cached_forward,
+    .unary_forward = lathe_cpu_unary_forward,
+    .unary_backward = lathe_cpu_unary_backward,
 };
 
 static const struct lathe_backend_ops *current = &cpu_ops;

@@ -86,5 +86,8 @@ void lathe_cpu_convert(void *dst, int dst_dtype, const void *src, int src_dtype,
 void lathe_cpu_attention_cached_forward(float *out, const float *q, const float *kc, const float *vc,
                                        const int32_t *kseg, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                                        int64_t D, int64_t Tmax, int64_t len, float scale);
+void lathe_cpu_unary_forward(int op, float *out, const float *x, int64_t n, float a, float b);
+void lathe_cpu_unary_backward(int op, float *dx, const float *dout, const float *x, const float *out, int64_t n,
+                              float a, float b);
 
 #endif

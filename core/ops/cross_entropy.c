@@ -1,5 +1,6 @@
 /* core/ops/cross_entropy.c — mean token cross-entropy with ignore_index and
- * label smoothing (kernel and formula in core/cpu/softmax.c).
+ * label smoothing, and per-token log-probabilities (the same kernels;
+ * kernel and formula in core/cpu/softmax.c).
  *
  * The targets are read on the host once per call: to refuse out-of-range
  * ids with their position, and to count the rows that enter the mean. */
@@ -120,6 +121,64 @@ lathe_tensor *lathe_cross_entropy(lathe_tensor *logits, lathe_tensor *targets,
         nd->i[2] = ignore_index;
         nd->i[3] = count;
         nd->f[0] = label_smoothing;
+    }
+    return out;
+}
+
+/* ---- per-token log-probabilities -------------------------------------- */
+
+/* in: logits, targets; saved: lse [N], scratch [N]; i: N, V, ignore_index.
+ * logp = -(per-row cross-entropy), so dlogits += (-dlogp) (softmax - onehot),
+ * the cross-entropy kernel with dloss = -dlogp. */
+static void token_logprobs_backward(struct lathe_node *nd)
+{
+    lathe_tensor *logits = nd->in[0], *targets = nd->in[1];
+    float *dlogits = lathe_node_grad(logits); /* [N, V] */
+    if (!dlogits)
+        return;
+    const struct lathe_backend_ops *be = lathe_backend();
+    int64_t N = nd->i[0], V = nd->i[1];
+    float *dl = nd->saved[1]->data; /* [N] */
+    be->scale(dl, nd->out->grad->data, -1.0f, N, 0);
+    be->cross_entropy_backward(dlogits, dl, logits->data, nd->saved[0]->data, targets->data, N, V,
+                               (int32_t)nd->i[2], 0.0f);
+}
+
+lathe_tensor *lathe_token_logprobs(lathe_tensor *logits, lathe_tensor *targets, int32_t ignore_index)
+{
+    LATHE_OP_CHECK_INPUTS(logits, targets);
+    const char *op = "lathe_token_logprobs";
+    if (lathe_op_expect_f32(op, logits) || lathe_op_expect_i32(op, targets))
+        return NULL;
+    int64_t N = lathe_op_rows(logits), V = logits->shape[logits->ndim - 1];
+    int lead_ok = targets->ndim == logits->ndim - 1;
+    for (int d = 0; lead_ok && d < targets->ndim; d++)
+        lead_ok = targets->shape[d] == logits->shape[d];
+    if (!lead_ok || V == 0) {
+        char sl[96], st[96];
+        lathe_error(LATHE_EINVAL, "%s: logits %s need targets of their shape without the last dim, got %s", op,
+                    lathe_tensor_shape_str(logits, sl, sizeof sl), lathe_tensor_shape_str(targets, st, sizeof st));
+        return NULL;
+    }
+    int64_t count;
+    if (count_targets(targets, N, V, ignore_index, &count) != LATHE_OK)
+        return NULL;
+    lathe_tensor *out = lathe_op_result(LATHE_F32, targets->ndim, targets->shape);
+    lathe_tensor *lse = lathe_op_result(LATHE_F32, 1, &N);
+    lathe_tensor *scratch = lathe_op_result(LATHE_F32, 1, &N);
+    if (!out || !lse || !scratch)
+        return NULL;
+    const struct lathe_backend_ops *be = lathe_backend();
+    be->cross_entropy_forward(scratch->data, lse->data, logits->data, targets->data, N, V, ignore_index, 0.0f);
+    be->scale(out->data, scratch->data, -1.0f, N, 0);
+    lathe_tensor *in[2] = {logits, targets};
+    struct lathe_node *nd = lathe_node_record(out, token_logprobs_backward, 2, in);
+    if (nd) {
+        nd->saved[0] = lse;
+        nd->saved[1] = scratch;
+        nd->i[0] = N;
+        nd->i[1] = V;
+        nd->i[2] = ignore_index;
     }
     return out;
 }

@@ -160,6 +160,21 @@ struct lathe_backend_ops {
     void (*attention_cached_forward)(float *out, const float *q, const float *kc, const float *vc,
                                      const int32_t *kseg, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                                      int64_t D, int64_t Tmax, int64_t len, float scale);
+    /* Elementwise unary functions of n elements (enum lathe_unary_op);
+     * a, b: the op's parameters (clamp bounds). backward: dx += dout *
+     * f'(x), given x and out = f(x). */
+    void (*unary_forward)(int op, float *out, const float *x, int64_t n, float a, float b);
+    void (*unary_backward)(int op, float *dx, const float *dout, const float *x, const float *out, int64_t n,
+                           float a, float b);
+};
+
+enum lathe_unary_op {
+    LATHE_UNARY_EXP = 0,        /* e^x */
+    LATHE_UNARY_LOG,            /* ln x */
+    LATHE_UNARY_RELU,           /* max(x, 0) */
+    LATHE_UNARY_CLAMP,          /* min(max(x, a), b); gradient 0 outside */
+    LATHE_UNARY_LOG_SIGMOID,    /* ln(1 / (1 + e^-x)), computed stably */
+    LATHE_UNARY_COUNT
 };
 
 /* The backend ops now serving new tensors and ops (the CPU backend unless a

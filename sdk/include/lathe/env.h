@@ -74,7 +74,7 @@ struct lathe_batch {
     int64_t ntokens;           /* labels that are not ignored */
 
     /* ---- ABI 1.1: policy-gradient losses (GRPO); NULL otherwise ---- */
-    lathe_tensor *advantages;  /* F32 [B]: the advantage of each row's completion */
+    lathe_tensor *advantages;  /* F32 [B,T]: each row's advantage, on every position */
     lathe_tensor *old_logps;   /* F32 [B,T]: log-prob of each label under the sampling policy */
     lathe_tensor *ref_logps;   /* F32 [B,T]: ... under the reference policy (or NULL) */
 };

@@ -108,6 +108,23 @@ lathe_tensor *lathe_log_softmax(lathe_tensor *x);
 lathe_tensor *lathe_cross_entropy(lathe_tensor *logits, lathe_tensor *targets,
                                   int32_t ignore_index, float label_smoothing);
 
+/* Per-token log-probabilities log softmax(logits)[target], shape of
+ * targets; 0 where the target is ignore_index. For policy-gradient losses. */
+lathe_tensor *lathe_token_logprobs(lathe_tensor *logits, lathe_tensor *targets, int32_t ignore_index);
+
+/* ---- elementwise functions ------------------------------------------- */
+
+lathe_tensor *lathe_exp(lathe_tensor *x);
+lathe_tensor *lathe_log(lathe_tensor *x);
+lathe_tensor *lathe_relu(lathe_tensor *x);
+/* min(max(x, lo), hi); no gradient where clamped */
+lathe_tensor *lathe_clamp(lathe_tensor *x, float lo, float hi);
+/* log(sigmoid(x)), stable for large |x| (DPO's loss) */
+lathe_tensor *lathe_log_sigmoid(lathe_tensor *x);
+/* Elementwise min / max of two tensors of one shape. */
+lathe_tensor *lathe_minimum(lathe_tensor *a, lathe_tensor *b);
+lathe_tensor *lathe_maximum(lathe_tensor *a, lathe_tensor *b);
+
 /* ---- reductions ------------------------------------------------------ */
 
 /* Scalar [1] sum / mean of all elements. */
