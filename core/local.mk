@@ -10,7 +10,7 @@ core_liblathe_la_SOURCES = \
 	core/ops/index.c \
 	core/cpu/backend.c core/cpu/cpu.h core/cpu/vmath.h core/cpu/gemm.c core/cpu/elementwise.c core/cpu/norm.c \
 	core/cpu/activation.c core/cpu/rope.c core/cpu/attention.c core/cpu/softmax.c \
-	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c core/cpu/attention_cached.c \
+	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c core/cpu/attention_cached.c core/cpu/unary.c \
 	core/config/config.c core/config/getters.c core/config/config_internal.h \
 	core/plugin/loader.c core/plugin/loader.h \
 	core/io/crc32c.c core/io/tensorboard.c core/io/tensorboard.h \
@@ -20,7 +20,7 @@ core_liblathe_la_SOURCES = \
 	core/text/tokenizer.c core/text/bpe.c core/text/pretok.c core/text/tokenizer_internal.h \
 	core/text/chat.c \
 	core/io/weights.c core/io/gguf.c core/io/gguf.h core/io/dequant.c \
-	core/gen/generate.c core/gen/generate.h core/ops/attention_cached.c
+	core/gen/generate.c core/gen/generate.h core/ops/attention_cached.c core/ops/unary.c
 core_liblathe_la_CFLAGS = $(AM_CFLAGS) $(INIH_CFLAGS) $(JANSSON_CFLAGS) $(PCRE2_CFLAGS)
 core_liblathe_la_LIBADD = $(INIH_LIBS) $(JANSSON_LIBS) $(PCRE2_LIBS) $(UNISTRING_LIBS) $(BLAS_LIBS) $(OPENMP_CFLAGS) -lm
 core_liblathe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^lathe_'

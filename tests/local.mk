@@ -13,10 +13,10 @@ AM_TESTS_ENVIRONMENT = \
 
 check_PROGRAMS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
 	tests/check_config tests/check_loader tests/check_io tests/check_components \
-	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate
+	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate tests/check_ops_fn
 TESTS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
 	tests/check_config tests/check_loader tests/check_io tests/check_components \
-	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate
+	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate tests/check_ops_fn
 
 tests_check_tensor_SOURCES = tests/check_tensor.c tests/testutil.h
 tests_check_tensor_CFLAGS = $(TEST_CFLAGS)
@@ -24,6 +24,9 @@ tests_check_tensor_LDADD = $(TEST_LDADD)
 tests_check_ops_linalg_SOURCES = tests/check_ops_linalg.c tests/gradcheck.c tests/gradcheck.h tests/testutil.h
 tests_check_ops_linalg_CFLAGS = $(TEST_CFLAGS)
 tests_check_ops_linalg_LDADD = $(TEST_LDADD)
+tests_check_ops_fn_SOURCES = tests/check_ops_fn.c tests/gradcheck.c tests/gradcheck.h tests/testutil.h
+tests_check_ops_fn_CFLAGS = $(TEST_CFLAGS)
+tests_check_ops_fn_LDADD = $(TEST_LDADD)
 tests_check_ops_nn_SOURCES = tests/check_ops_nn.c tests/gradcheck.c tests/gradcheck.h tests/testutil.h
 tests_check_ops_nn_CFLAGS = $(TEST_CFLAGS)
 tests_check_ops_nn_LDADD = $(TEST_LDADD)
