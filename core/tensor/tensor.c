@@ -103,6 +103,11 @@ lathe_tensor *lathe_tensor_new(enum lathe_dtype dt, int ndim, const int64_t *sha
     return lathe_tensor_alloc(dt, ndim, shape, 1);
 }
 
+lathe_tensor *lathe_tensor_new_owned(enum lathe_dtype dt, int ndim, const int64_t *shape)
+{
+    return lathe_tensor_alloc(dt, ndim, shape, 0);
+}
+
 lathe_tensor *lathe_tensor_new1(enum lathe_dtype dt, int64_t d0)
 {
     return lathe_tensor_new(dt, 1, (int64_t[]){d0});

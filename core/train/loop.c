@@ -22,6 +22,7 @@
 #endif
 
 #include "io/metrics.h"
+#include "train/report.h"
 #include "train/run_internal.h"
 #include "util/strutil.h"
 
@@ -337,6 +338,7 @@ int lathe_run_train(struct lathe_run *run)
     const float scale = 1.0f / (float)t->grad_accum;
     double started = now_s();
     int64_t first = ls.step;
+    lathe_report_clear(); /* nothing reported while components were made counts for step 1 */
     int stop_early = 0;
     while (rc == LATHE_OK && ls.step < t->steps && !stop_signal && !stop_early) {
         double t0 = now_s();
@@ -391,11 +393,14 @@ int lathe_run_train(struct lathe_run *run)
         double tps = dt > 0 ? (double)tokens / dt : 0.0;
         double eta = (now_s() - started) / (double)(ls.step - first) * (double)(t->steps - ls.step);
         if (ls.step % t->log_every == 0 || ls.step == t->steps) {
-            static const char *const names[] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"};
-            double v[] = {loss, lr, norm, tps};
-            rc = log_scalars(run, ls.step, names, v, 4);
+            /* the step's own scalars, then what components reported */
+            const char *names[4 + 64] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"};
+            double v[4 + 64] = {loss, lr, norm, tps};
+            size_t nr = lathe_report_take(names + 4, v + 4, 64);
+            rc = log_scalars(run, ls.step, names, v, 4 + nr);
             lathe_progress_step(run, ls.step, loss, lr, norm, tps, eta);
         }
+        lathe_report_clear();
         int last = ls.step == t->steps;
         if (rc == LATHE_OK && t->eval_every && (ls.step % t->eval_every == 0 || last)) {
             double el;
@@ -433,7 +438,7 @@ int lathe_run_train(struct lathe_run *run)
                             (int)stop_signal, (long long)ls.step);
         return lathe_error(LATHE_EINTR, "interrupted at step %lld (checkpoint saved)", (long long)ls.step);
     }
-    if (rc == LATHE_OK && run->env.rank == 0 && MODEL(run)->save &&
+    if (rc == LATHE_OK && run->env.rank == 0 && !run->peft.ops && MODEL(run)->save &&
         LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save)) {
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/final", run->output_dir);
@@ -442,6 +447,23 @@ int lathe_run_train(struct lathe_run *run)
             rc = MODEL(run)->save(run->model.self, dir);
         if (rc == LATHE_OK)
             lathe_progress_note("model written to %s", dir);
+    }
+    /* [peft]: the base is unchanged, so only the adapter is written (lathe
+     * merge folds it into the base when a full model is wanted). */
+    if (rc == LATHE_OK && run->env.rank == 0 && run->peft.ops) {
+        const struct lathe_peft_ops *po = run->peft.ops;
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/adapter", run->output_dir);
+        if (po->save && LATHE_OPS_HAS(po, struct lathe_peft_ops, save)) {
+            rc = lathe_mkdir_p(dir);
+            if (rc == LATHE_OK)
+                rc = po->save(run->peft.self, dir);
+            if (rc == LATHE_OK)
+                lathe_progress_note("adapter written to %s (the base model is unchanged and not written again)", dir);
+        } else {
+            lathe_progress_note("[peft] %s cannot save an adapter; the trained parameters are in the last checkpoint",
+                                run->peft.name);
+        }
     }
     return rc;
 }

@@ -23,5 +23,6 @@
 #include "chat.h"
 #include "weights.h"
 #include "generate.h"
+#include "policy.h"
 
 #endif

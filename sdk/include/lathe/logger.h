@@ -20,6 +20,12 @@ struct lathe_logger_ops {
     int (*flush)(void *self);
 };
 
+/* Any component may report a scalar of the current training step
+ * ("grpo/reward_mean", "zero/bytes_sent", ...): the loop logs it with the
+ * step's own scalars to every logger (metrics.jsonl, TensorBoard), as the
+ * mean of the values reported during the step. The name is copied. */
+int lathe_report_scalar(const char *name, double value);
+
 #ifdef __cplusplus
 }
 #endif

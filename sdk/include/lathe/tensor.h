@@ -81,6 +81,9 @@ lathe_tensor *lathe_tensor_new1(enum lathe_dtype dt, int64_t d0);
 lathe_tensor *lathe_tensor_new2(enum lathe_dtype dt, int64_t d0, int64_t d1);
 lathe_tensor *lathe_tensor_new3(enum lathe_dtype dt, int64_t d0, int64_t d1, int64_t d2);
 lathe_tensor *lathe_tensor_new4(enum lathe_dtype dt, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* Like lathe_tensor_new, but caller-owned even inside a scope (state a
+ * component keeps across steps, e.g. cached rollouts). */
+lathe_tensor *lathe_tensor_new_owned(enum lathe_dtype dt, int ndim, const int64_t *shape);
 /* Frees a caller-owned tensor (and its grad). Scoped tensors: no-op. */
 void lathe_tensor_free(lathe_tensor *t);
 
