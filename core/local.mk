@@ -16,7 +16,7 @@ core_liblathe_la_SOURCES = \
 	core/io/crc32c.c core/io/tensorboard.c core/io/tensorboard.h \
 	core/io/safetensors.c core/io/safetensors.h core/io/metrics.c core/io/metrics.h \
 	core/train/run.c core/train/run.h core/train/run_internal.h core/train/loop.c core/train/checkpoint.c \
-	core/train/checkpoint.h core/train/progress.c core/train/rewards.c core/train/rewards.h \
+	core/train/checkpoint.h core/train/progress.c core/train/rewards.c core/train/rewards.h core/train/report.c core/train/report.h core/train/policy.c \
 	core/text/tokenizer.c core/text/bpe.c core/text/pretok.c core/text/tokenizer_internal.h \
 	core/text/chat.c \
 	core/io/weights.c core/io/gguf.c core/io/gguf.h core/io/dequant.c \
@@ -28,7 +28,7 @@ core_liblathe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^lathe_'
 bin_PROGRAMS += lathe
 lathe_SOURCES = core/cli/main.c core/cli/cli.h core/cli/cmd_train.c core/cli/cmd_plugins.c \
 	core/cli/cmd_config.c core/cli/cmd_tokenize.c core/cli/cmd_convert.c core/cli/cmd_data.c \
-	core/cli/cmd_generate.c core/cli/pending.c
+	core/cli/cmd_generate.c core/cli/cmd_merge.c core/cli/cmd_reward.c
 lathe_CFLAGS = $(AM_CFLAGS)
 lathe_LDADD = core/liblathe.la $(JANSSON_LIBS)
 
@@ -41,4 +41,6 @@ lathe_include_HEADERS = \
 	sdk/include/lathe/loss.h sdk/include/lathe/optim.h sdk/include/lathe/parallel.h \
 	sdk/include/lathe/peft.h sdk/include/lathe/reward.h sdk/include/lathe/logger.h \
 	sdk/include/lathe/tokenizer.h sdk/include/lathe/chat.h sdk/include/lathe/weights.h \
-	sdk/include/lathe/generate.h
+	sdk/include/lathe/generate.h sdk/include/lathe/policy.h
+core_liblathe_la_SOURCES += core/plan/plan.c core/plan/plan.h
+lathe_SOURCES += core/cli/cmd_plan.c

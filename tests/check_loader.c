@@ -109,9 +109,13 @@ START_TEST(test_kind_names)
     }
     ck_assert_int_eq(lathe_kind_parse("lossy"), LATHE_KIND_NONE);
     ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_LOSS), sizeof(struct lathe_loss_ops));
-    ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_MODEL), sizeof(struct lathe_model_ops));
     ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_SCHEDULER), sizeof(struct lathe_sched_ops));
-    ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_BACKEND), sizeof(struct lathe_backend_ops));
+    /* kinds that grew in ABI 1.1 still take plugins built at 1.0 */
+    ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_MODEL), offsetof(struct lathe_model_ops, cache_new));
+    ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_BACKEND),
+                      offsetof(struct lathe_backend_ops, attention_cached_forward));
+    ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_STRATEGY), offsetof(struct lathe_strategy_ops, optim_params));
+    ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_PEFT), offsetof(struct lathe_peft_ops, set_enabled));
     ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_NONE), 0);
     ck_assert_uint_eq(lathe_kind_ops_min_size(LATHE_KIND_COUNT), 0);
 }

@@ -13,10 +13,10 @@ AM_TESTS_ENVIRONMENT = \
 
 check_PROGRAMS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
 	tests/check_config tests/check_loader tests/check_io tests/check_components \
-	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate tests/check_ops_fn
+	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate tests/check_lora tests/check_ops_fn
 TESTS += tests/check_tensor tests/check_ops_linalg tests/check_ops_nn \
 	tests/check_config tests/check_loader tests/check_io tests/check_components \
-	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate tests/check_ops_fn
+	tests/check_models tests/check_tokenizer tests/check_gguf tests/check_chat tests/check_generate tests/check_lora tests/check_ops_fn
 
 tests_check_tensor_SOURCES = tests/check_tensor.c tests/testutil.h
 tests_check_tensor_CFLAGS = $(TEST_CFLAGS)
@@ -58,6 +58,9 @@ tests_check_chat_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
 tests_check_generate_SOURCES = tests/check_generate.c tests/testutil.h
 tests_check_generate_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
 tests_check_generate_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+tests_check_lora_SOURCES = tests/check_lora.c tests/testutil.h
+tests_check_lora_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_lora_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
 # Deliberately broken plugins for the loader's refusals (-rpath makes libtool
 # build shared modules for check_LTLIBRARIES).
 BROKEN_LDFLAGS = -module -avoid-version -shared -rpath /nowhere
@@ -91,3 +94,28 @@ EXTRA_DIST += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/
 # CI only reads them.
 TEST_FIXTURES =
 include tests/fixtures/local.mk
+
+# Reward plugins and `lathe reward`.
+check_PROGRAMS += tests/check_rewards
+TESTS += tests/check_rewards tests/e2e_reward.sh
+EXTRA_DIST += tests/e2e_reward.sh
+tests_check_rewards_SOURCES = tests/check_rewards.c tests/testutil.h
+tests_check_rewards_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_rewards_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+
+check_PROGRAMS += tests/check_plan
+TESTS += tests/check_plan
+tests_check_plan_SOURCES = tests/check_plan.c tests/testutil.h
+tests_check_plan_CFLAGS = $(TEST_CFLAGS) $(JANSSON_CFLAGS)
+tests_check_plan_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
+
+# Several processes under mpirun (skips without MPI).
+TESTS += tests/e2e_mpi.sh
+EXTRA_DIST += tests/e2e_mpi.sh
+# The mpi communicator's collectives (skips without the plugin; e2e_mpi.sh
+# runs it again under mpirun -np 3).
+check_PROGRAMS += tests/check_comm
+TESTS += tests/check_comm
+tests_check_comm_SOURCES = tests/check_comm.c tests/testutil.h
+tests_check_comm_CFLAGS = $(TEST_CFLAGS)
+tests_check_comm_LDADD = $(TEST_LDADD)

@@ -22,5 +22,8 @@ int lathe_cmd_tokenize(int argc, char **argv);  /* cmd_tokenize.c */
 int lathe_cmd_convert(int argc, char **argv);   /* cmd_convert.c */
 int lathe_cmd_data(int argc, char **argv);      /* cmd_data.c */
 int lathe_cmd_generate(int argc, char **argv);  /* cmd_generate.c */
+int lathe_cmd_plan(int argc, char **argv);      /* cmd_plan.c */
+int lathe_cmd_merge(int argc, char **argv);     /* cmd_merge.c */
+int lathe_cmd_reward(int argc, char **argv);    /* cmd_reward.c */
 
 #endif

@@ -28,6 +28,12 @@ static void usage(FILE *f)
             "                      validate chat data (counts, lengths, duplicates); drop duplicates\n"
             "  generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
             "                      sample a completion (see lathe generate --help)\n"
+            "  merge --model DIR --adapter DIR --output DIR\n"
+            "                      fold a LoRA adapter into the model, shard by shard\n"
+            "  reward --config RUN.ini --input FILE.jsonl [--output OUT.jsonl]\n"
+            "                      score completions with RUN.ini's [reward.*] functions\n"
+            "  plan --config config.json [options]\n"
+            "                      per-device memory of a training setup (see lathe plan --help)\n"
             "  version             print the version\n"
             "\n"
             "Plugins are searched in --plugin-path, $LATHE_PLUGIN_PATH, the INI's\n"
@@ -106,8 +112,14 @@ int main(int argc, char **argv)
         return lathe_cmd_convert(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0)
         return lathe_cmd_data(argc - 2, argv + 2);
+    if (strcmp(cmd, "plan") == 0)
+        return lathe_cmd_plan(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0)
         return lathe_cmd_generate(argc - 2, argv + 2);
+    if (strcmp(cmd, "merge") == 0)
+        return lathe_cmd_merge(argc - 2, argv + 2);
+    if (strcmp(cmd, "reward") == 0)
+        return lathe_cmd_reward(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("lathe %s (plugin ABI %d.%d, %s)\n", PACKAGE_VERSION, LATHE_ABI_MAJOR, LATHE_ABI_MINOR,
                LATHE_BUILD_SIGNATURE);

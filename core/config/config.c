@@ -844,3 +844,15 @@ LATHE_EXPORT int lathe_config_dump(const lathe_config *cfg, void *file)
         return lathe_error(LATHE_EIO, "cannot write the configuration: %s", strerror(errno));
     return LATHE_OK;
 }
+
+LATHE_EXPORT int lathe_section_check_unused(const lathe_section *s)
+{
+    if (!s)
+        return lathe_error(LATHE_EINVAL, "lathe_section_check_unused: no section");
+    for (size_t j = 0; j < s->nkeys; j++) {
+        const struct lathe_cfg_key *k = s->keys[j];
+        if (k->origin != LATHE_CFG_NONE && !k->read)
+            return unknown_key(s, k);
+    }
+    return LATHE_OK;
+}

@@ -546,3 +546,33 @@ LATHE_EXPORT int lathe_cfg_error(lathe_section *s, const char *key, const char *
     va_end(ap);
     return rc;
 }
+
+LATHE_EXPORT int lathe_cfg_path(lathe_section *s, const char *key, const char *def, const char **out)
+{
+    const char *v;
+    int rc = lathe_cfg_string(s, key, def, &v);
+    if (rc != LATHE_OK)
+        return rc;
+    const struct lathe_cfg_key *k = lathe_config_find_key(s, key);
+    /* absolute, empty, or given on the command line: as is (a path typed
+     * at the prompt means the working directory) */
+    if (!v[0] || v[0] == '/' || !k || k->origin != LATHE_CFG_FILE || !s->cfg->path) {
+        *out = v;
+        return LATHE_OK;
+    }
+    const char *slash = strrchr(s->cfg->path, '/');
+    if (!slash) {
+        *out = v;
+        return LATHE_OK;
+    }
+    size_t dirlen = (size_t)(slash - s->cfg->path) + 1;
+    char *p = malloc(dirlen + strlen(v) + 1);
+    if (!p)
+        return lathe_error(LATHE_ENOMEM, "out of memory");
+    memcpy(p, s->cfg->path, dirlen);
+    strcpy(p + dirlen, v);
+    if (!(p = lathe_config_keep(s->cfg, p)))
+        return LATHE_ENOMEM;
+    *out = p;
+    return LATHE_OK;
+}

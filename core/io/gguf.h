@@ -18,8 +18,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <lathe/abi.h>
+#include <lathe/tensor.h>
 
 /* Metadata value types (gguf.md, enum gguf_metadata_value_type). */
 enum lathe_gguf_vtype {
@@ -109,6 +111,8 @@ LATHE_EXPORT void lathe_gguf_close(struct lathe_gguf *g);
 LATHE_EXPORT const char *lathe_gguf_path(const struct lathe_gguf *g);
 LATHE_EXPORT uint32_t lathe_gguf_version(const struct lathe_gguf *g);
 LATHE_EXPORT uint64_t lathe_gguf_alignment(const struct lathe_gguf *g);
+/* File offset of the data section (tensor offsets are relative to it). */
+LATHE_EXPORT uint64_t lathe_gguf_data_offset(const struct lathe_gguf *g);
 
 LATHE_EXPORT size_t lathe_gguf_kv_count(const struct lathe_gguf *g);
 LATHE_EXPORT const struct lathe_gguf_kv *lathe_gguf_kv_at(const struct lathe_gguf *g, size_t i);
@@ -158,8 +162,6 @@ LATHE_EXPORT int lathe_dequantize(uint32_t type, const void *src, float *dst, ui
  * tokenizer_config.json and generation_config.json. q_proj/k_proj rows are
  * put back from llama.cpp's interleaved-RoPE order into the Hugging Face
  * order. Progress lines go to `log` (may be NULL). */
-#include <stdio.h>
-#include <lathe/tensor.h>
 LATHE_EXPORT int lathe_gguf_to_hf(const char *gguf_path, const char *out_dir, enum lathe_dtype dtype, FILE *log);
 
 /* The inverse of llama.cpp's convert_hf_to_gguf `permute` for one q or k

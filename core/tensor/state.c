@@ -1,8 +1,10 @@
 /* core/tensor/state.c — the checkpoint state store (see state.h). */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lathe/status.h>
@@ -297,4 +299,30 @@ int lathe_state_read(lathe_state **out, const char *dir)
     }
     *out = st;
     return LATHE_OK;
+}
+
+/* The public face of the store for components' own files (env.h). */
+lathe_state *lathe_state_create(void) { return lathe_state_new(); }
+
+void lathe_state_destroy(lathe_state *st) { lathe_state_free(st); }
+
+int lathe_state_save_dir(const lathe_state *st, const char *dir)
+{
+    if (!st || !dir || !dir[0])
+        return lathe_error(LATHE_EINVAL, "state: no state or directory to save to");
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        if (errno != ENOENT || mkdir(dir, 0755) != 0)
+            return lathe_error(LATHE_EIO, "%s: cannot create the state directory: %s", dir, strerror(errno));
+    } else if (!S_ISDIR(sb.st_mode)) {
+        return lathe_error(LATHE_EIO, "%s: exists and is not a directory", dir);
+    }
+    return lathe_state_write(st, dir);
+}
+
+int lathe_state_load_dir(lathe_state **out, const char *dir)
+{
+    if (!out || !dir || !dir[0])
+        return lathe_error(LATHE_EINVAL, "state: no directory to load from");
+    return lathe_state_read(out, dir);
 }

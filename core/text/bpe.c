@@ -129,22 +129,16 @@ static int pairmap_grow(struct tk_pairmap *m)
 {
     size_t ncap = m->cap ? m->cap * 2 : 1024;
     struct tk_pairmap g = {.cap = ncap};
-    g.key = calloc(ncap, sizeof *g.key);
-    g.rank = malloc(ncap * sizeof *g.rank);
-    g.out = malloc(ncap * sizeof *g.out);
-    if (!g.key || !g.rank || !g.out) {
-        tk_merges_free(&g);
+    g.slot = calloc(ncap, sizeof *g.slot);
+    if (g.slot == NULL)
         return lathe_error(LATHE_ENOMEM, "out of memory growing the merge table");
-    }
     for (size_t i = 0; i < m->cap; i++) {
-        if (m->key[i] == 0)
+        if (m->slot[i].key == 0)
             continue;
-        size_t j = mix64(m->key[i]) & (ncap - 1);
-        while (g.key[j])
+        size_t j = mix64(m->slot[i].key) & (ncap - 1);
+        while (g.slot[j].key)
             j = (j + 1) & (ncap - 1);
-        g.key[j] = m->key[i];
-        g.rank[j] = m->rank[i];
-        g.out[j] = m->out[i];
+        g.slot[j] = m->slot[i];
     }
     tk_merges_free(m);
     *m = g;
@@ -163,13 +157,11 @@ int tk_merges_put(struct lathe_tokenizer *tk, int32_t a, int32_t b, uint32_t ran
     }
     uint64_t k = pair_key(a, b);
     size_t j = mix64(k) & (m->cap - 1);
-    while (m->key[j] && m->key[j] != k)
+    while (m->slot[j].key && m->slot[j].key != k)
         j = (j + 1) & (m->cap - 1);
     /* a repeated merge: the later one wins, as when `tokenizers` collects
      * the list into its hash map */
-    m->key[j] = k;
-    m->rank[j] = rank;
-    m->out[j] = out;
+    m->slot[j] = (struct tk_pair_slot){k, rank, out};
     return LATHE_OK;
 }
 
@@ -179,10 +171,10 @@ static inline int merges_get(const struct tk_pairmap *m, int32_t a, int32_t b, u
         return 0;
     uint64_t k = pair_key(a, b);
     size_t j = mix64(k) & (m->cap - 1);
-    while (m->key[j]) {
-        if (m->key[j] == k) {
-            *rank = m->rank[j];
-            *out = m->out[j];
+    while (m->slot[j].key) {
+        if (m->slot[j].key == k) {
+            *rank = m->slot[j].rank;
+            *out = m->slot[j].out;
             return 1;
         }
         j = (j + 1) & (m->cap - 1);
@@ -192,9 +184,7 @@ static inline int merges_get(const struct tk_pairmap *m, int32_t a, int32_t b, u
 
 void tk_merges_free(struct tk_pairmap *m)
 {
-    free(m->key);
-    free(m->rank);
-    free(m->out);
+    free(m->slot);
     memset(m, 0, sizeof *m);
 }
 

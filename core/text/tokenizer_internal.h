@@ -29,11 +29,14 @@ int32_t tk_strmap_get(const struct tk_strmap *m, const char *k, size_t n);  /* -
 void tk_strmap_free(struct tk_strmap *m);
 
 /* ---- (left id, right id) → (rank, merged id) ---- */
+struct tk_pair_slot {
+    uint64_t key;            /* (left << 32 | right) + 1; 0 = empty */
+    uint32_t rank;
+    int32_t out;
+};
 struct tk_pairmap {
     size_t cap;
-    uint64_t *key;           /* (left << 32 | right) + 1; 0 = empty */
-    uint32_t *rank;
-    int32_t *out;
+    struct tk_pair_slot *slot; /* one cache line access per probe */
 };
 
 /* ---- the pre-token → ids cache (bounded, shared, thread-safe) ---- */
@@ -100,8 +103,11 @@ struct lathe_tokenizer {
     size_t *first_raw[256], n_first_raw[256];   /* indices into added, longest first */
     size_t *first_norm[256], n_first_norm[256];
     size_t n_norm_added;
-    /* normalizer */
-    int nfc, lowercase;
+    /* normalizer: steps in order */
+#define TK_NORM_NFC 1
+#define TK_NORM_LOWER 2
+    uint8_t norm[8];
+    size_t n_norm;
     /* pre-tokenizer */
     struct tk_pre *pre;
     size_t n_pre;
@@ -112,9 +118,28 @@ struct lathe_tokenizer {
     struct tk_cache_shard cache[TK_CACHE_SHARDS];
 };
 
-/* byte-level alphabet (formats.md §4.2) */
-extern const uint16_t tk_byte_char[256];    /* byte → code point */
-int tk_char_byte(uint32_t cp);              /* code point → byte, or -1 */
+/* byte-level alphabet (formats.md §4.2): bytes 0x21-0x7E, 0xA1-0xAC and
+ * 0xAE-0xFF stand for themselves; the other 68, in order, become U+0100+n. */
+static inline uint32_t tk_byte_char(unsigned b)
+{
+    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)
+        return b;
+    if (b <= 0x20)
+        return 0x100 + b;
+    if (b <= 0xA0)
+        return 0x100 + 33 + (b - 0x7F);
+    return 0x100 + 67; /* 0xAD */
+}
+static inline int tk_char_byte(uint32_t cp)
+{
+    if (cp < 0x100)
+        return tk_byte_char(cp) == cp ? (int)cp : -1;
+    if (cp <= 0x120)
+        return (int)(cp - 0x100);
+    if (cp <= 0x142)
+        return (int)(cp - 0x100 - 33 + 0x7F);
+    return cp == 0x143 ? 0xAD : -1;
+}
 
 /* bpe.c */
 int tk_merges_put(struct lathe_tokenizer *tk, int32_t a, int32_t b, uint32_t rank, int32_t out);
@@ -129,7 +154,6 @@ int tk_bpe_word(const struct lathe_tokenizer *tk, const char *s, size_t n, int32
 int tk_pre_parse(struct lathe_tokenizer *tk, const void *json);
 void tk_pre_free(struct lathe_tokenizer *tk);
 /* Run all stages over one segment; the result goes to *out (reset first). */
-struct tk_scratch;
 int tk_pre_run(const struct lathe_tokenizer *tk, const char *s, size_t n, struct tk_pieces *out,
                struct tk_pieces *tmp, pcre2_match_data **md);
 

@@ -79,6 +79,9 @@ static int batch_shard(struct lathe_batch *b, int rank, int world)
     b->positions = rows_of(b->positions, from, n);
     b->segments = rows_of(b->segments, from, n);
     b->targets = rows_of(b->targets, from, n);
+    b->advantages = rows_of(b->advantages, from, n);
+    b->old_logps = rows_of(b->old_logps, from, n);
+    b->ref_logps = rows_of(b->ref_logps, from, n);
     b->B = n;
     if (labels) {
         const int32_t *l = lathe_tensor_i32(labels);
@@ -244,8 +247,10 @@ static void report_memory(struct lathe_run *run)
     size_t pb = 0, gb = 0, ob = 0;
     if (LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, memory))
         STRATEGY(run)->memory(run->strategy.self, &pb, &gb, &ob);
-    else if (LATHE_OPS_HAS(OPTIM(run), struct lathe_optim_ops, state_bytes))
-        ob = OPTIM(run)->state_bytes(run->optim.self);
+    /* the optimizer is made over this rank's optim_params, so its own count
+     * is this rank's share; the strategy adds any state it keeps itself */
+    if (LATHE_OPS_HAS(OPTIM(run), struct lathe_optim_ops, state_bytes))
+        ob += OPTIM(run)->state_bytes(run->optim.self);
     /* every rank reports: the figures differ by rank */
     printf("rank %d/%d [parallel] %s: parameters %zu bytes, gradients %zu bytes, optimizer state %zu bytes\n",
            run->env.rank, run->env.world_size, run->strategy.name, pb, gb, ob);
@@ -406,8 +411,12 @@ int lathe_run_train(struct lathe_run *run)
             double el;
             rc = evaluate(run, &el);
             if (rc == LATHE_OK) {
-                static const char *const names[] = {"eval/loss"};
-                rc = log_scalars(run, ls.step, names, &el, 1);
+                /* eval/loss, and what components reported while evaluating */
+                const char *names[1 + 64] = {"eval/loss"};
+                double ev[1 + 64] = {el};
+                size_t nr = lathe_report_take(names + 1, ev + 1, 64);
+                rc = log_scalars(run, ls.step, names, ev, 1 + nr);
+                lathe_report_clear();
                 int improved = el < ls.best_eval - t->min_delta;
                 if (improved) {
                     ls.best_eval = el;

@@ -14,17 +14,28 @@
  * LayerNorm gains; the draws come from lathe_rng streams seeded by [run]
  * seed (one per parameter and chunk, see gpt2_fill).
  *
+ * With `pretrained = DIR` the model is a Hugging Face GPT2LMHeadModel
+ * directory instead (formats.md §3.4): the size comes from its config.json,
+ * the weights from its safetensors, with or without the "transformer."
+ * prefix; Conv1D weights, stored [in, out], are transposed on the way in and
+ * back out, and the attn.bias / attn.masked_bias causal-mask buffers are
+ * ignored. save(dir) writes that layout back.
+ *
  * Shape legend: B batch, T time, C embd, H heads, D = C / H, V vocab.
  *
  * [model] keys: layers, heads, embd, vocab_size, context, dropout, init_std,
- * layernorm_eps, tie_embeddings.
+ * layernorm_eps, tie_embeddings; or pretrained (then only dropout besides);
+ * save_dtype (float32 | bfloat16 | float16) and max_shard_size for save.
  */
 #include <lathe/lathe.h>
 
+#include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define GPT2_NAME_LEN 48 /* "h.4095.attn.c_proj" fits */
 
@@ -50,6 +61,18 @@ struct gpt2 {
     struct lathe_linear **linears;
     size_t nlinears;
     char (*names)[GPT2_NAME_LEN];            /* storage for the linears' names */
+    int tied;
+    char *dir;                    /* pretrained directory, or NULL */
+    json_t *config;               /* its config.json (written back on save) */
+    enum lathe_dtype save_dtype;
+    uint64_t max_shard;
+};
+
+/* Key/value cache of incremental decoding (ABI 1.1). */
+struct gpt2_cache {
+    int64_t B, max_len, len;
+    lathe_tensor **k, **v;        /* per layer [B, max_len, H, D] */
+    lathe_tensor *seg;            /* I32 [B, max_len] */
 };
 
 static void gpt2_destroy(void *self)
@@ -63,6 +86,8 @@ static void gpt2_destroy(void *self)
     free(m->linears);
     free(m->names);
     free(m->blocks);
+    free(m->dir);
+    json_decref(m->config);
     free(m);
 }
 
@@ -129,6 +154,8 @@ static lathe_tensor *gpt2_param(struct gpt2 *m, uint64_t seed, double std, float
     }
     /* each parameter its own streams: seed mixed with its index */
     m->params[m->nparams++] = t;
+    if (m->dir) /* pretrained: the checkpoint fills it */
+        return t;
     if (gpt2_fill(t, seed ^ (0xD1B54A32D192ED03ull * (uint64_t)m->nparams), std, c))
         return NULL;
     return t;
@@ -148,10 +175,31 @@ static struct lathe_linear *gpt2_linear(struct gpt2 *m, struct lathe_linear *l, 
     return l;
 }
 
-static int gpt2_read_config(struct gpt2 *m, lathe_section *cfg, double *init_std, int *tie)
+static int gpt2_read_pretrained(struct gpt2 *m, lathe_section *cfg, const struct lathe_env *env, const char *pre,
+                                int *tie);
+
+static int gpt2_read_config(struct gpt2 *m, lathe_section *cfg, const struct lathe_env *env, double *init_std,
+                            int *tie)
 {
+    static const char *const dtypes[] = {"float32", "bfloat16", "float16", NULL};
+    static const enum lathe_dtype dtype_of[] = {LATHE_F32, LATHE_BF16, LATHE_F16};
     double dropout, eps;
-    int rc;
+    const char *pre;
+    int rc, dt;
+    if ((rc = lathe_cfg_string(cfg, "pretrained", "", &pre)) ||
+        (rc = lathe_cfg_choice(cfg, "save_dtype", "float32", dtypes, &dt)) ||
+        (rc = lathe_cfg_bytes(cfg, "max_shard_size", "5G", &m->max_shard)))
+        return rc;
+    m->save_dtype = dtype_of[dt];
+    if (pre[0]) {
+        if ((rc = lathe_cfg_float(cfg, "dropout", 0.0, 0.0, 1.0, &dropout)))
+            return rc;
+        if (dropout >= 1.0)
+            return lathe_cfg_error(cfg, "dropout", "dropout must be in [0, 1) (got %g)", dropout);
+        m->dropout = (float)dropout;
+        *init_std = 0.02;
+        return gpt2_read_pretrained(m, cfg, env, pre, tie);
+    }
     if ((rc = lathe_cfg_int(cfg, "layers", 12, 1, 4096, &m->L)) ||
         (rc = lathe_cfg_int(cfg, "heads", 12, 1, 4096, &m->H)) ||
         (rc = lathe_cfg_int(cfg, "embd", 768, 1, 1 << 20, &m->C)) ||
@@ -174,6 +222,160 @@ static int gpt2_read_config(struct gpt2 *m, lathe_section *cfg, double *init_std
     m->dropout = (float)dropout;
     m->eps = (float)eps;
     return LATHE_OK;
+}
+
+/* `path` as given, or relative to the directory of the INI file. */
+static char *gpt2_resolve(const char *path, const struct lathe_env *env)
+{
+    const char *ini = env && env->config ? lathe_config_path(env->config) : NULL;
+    const char *slash = ini ? strrchr(ini, '/') : NULL;
+    size_t dirlen = (path[0] != '/' && slash) ? (size_t)(slash - ini) + 1 : 0;
+    char *out = malloc(dirlen + strlen(path) + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, ini ? ini : "", dirlen);
+    strcpy(out + dirlen, path);
+    return out;
+}
+
+static int gpt2_json_int(const char *file, json_t *root, const char *key, int64_t def, int64_t *out)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (def < 0)
+            return lathe_error(LATHE_EINVAL, "%s: key '%s' is missing; it is required", file, key);
+        *out = def;
+        return LATHE_OK;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1)
+        return lathe_error(LATHE_EINVAL, "%s: key '%s' must be a positive integer", file, key);
+    *out = json_integer_value(v);
+    return LATHE_OK;
+}
+
+/* The size from DIR/config.json (transformers' GPT2Config); settings this
+ * model does not implement are refused, naming the key. */
+static int gpt2_read_pretrained(struct gpt2 *m, lathe_section *cfg, const struct lathe_env *env, const char *pre,
+                                int *tie)
+{
+    static const char *const size_keys[] = {"layers", "heads", "embd", "vocab_size", "context",
+                                            "init_std", "layernorm_eps", "tie_embeddings", NULL};
+    char given[160] = "";
+    const char *first = NULL;
+    for (const char *const *k = size_keys; *k; k++)
+        if (lathe_section_has(cfg, *k)) {
+            if (!first)
+                first = *k;
+            size_t n = strlen(given);
+            snprintf(given + n, sizeof given - n, "%s%s", n ? ", " : "", *k);
+        }
+    if (first)
+        return lathe_cfg_error(cfg, first, "pretrained = %s takes the model's size from its config.json; "
+                               "remove %s", pre, given);
+    if (!(m->dir = gpt2_resolve(pre, env)))
+        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+    char file[4200];
+    snprintf(file, sizeof file, "%s/config.json", m->dir);
+    json_error_t err;
+    json_t *root = m->config = json_load_file(file, 0, &err);
+    if (!root)
+        return lathe_error(LATHE_EINVAL, "%s:%d: %s; check [model] pretrained (relative paths start at the INI "
+                           "file's directory)", file, err.line, err.text);
+    if (!json_is_object(root))
+        return lathe_error(LATHE_EINVAL, "%s: not a JSON object", file);
+    json_t *arch = json_object_get(root, "architectures");
+    if (arch && !json_is_null(arch)) {
+        const char *a = json_is_array(arch) && json_array_size(arch) == 1 ? json_string_value(json_array_get(arch, 0))
+                                                                           : NULL;
+        if (!a || (strcmp(a, "GPT2LMHeadModel") != 0 && strcmp(a, "GPT2Model") != 0))
+            return lathe_error(LATHE_EUNSUPPORTED, "%s: architecture '%s' is not supported by the gpt2 plugin "
+                               "(supported: GPT2LMHeadModel)", file, a ? a : "?");
+    } else {
+        const char *mt = json_string_value(json_object_get(root, "model_type"));
+        if (!mt || strcmp(mt, "gpt2") != 0)
+            return lathe_error(LATHE_EUNSUPPORTED, "%s: key 'model_type' must be \"gpt2\"", file);
+    }
+    int rc;
+    int64_t inner;
+    if ((rc = gpt2_json_int(file, root, "n_embd", -1, &m->C)) || (rc = gpt2_json_int(file, root, "n_head", -1, &m->H)) ||
+        (rc = gpt2_json_int(file, root, "n_layer", -1, &m->L)) ||
+        (rc = gpt2_json_int(file, root, "n_positions", -1, &m->P)) ||
+        (rc = gpt2_json_int(file, root, "vocab_size", -1, &m->V)) ||
+        (rc = gpt2_json_int(file, root, "n_inner", 0, &inner)))
+        return rc;
+    if (m->C % m->H != 0)
+        return lathe_error(LATHE_EINVAL, "%s: n_head %lld must divide n_embd %lld", file, (long long)m->H,
+                           (long long)m->C);
+    if (inner != 0 && inner != 4 * m->C)
+        return lathe_error(LATHE_EUNSUPPORTED, "%s: key 'n_inner' = %lld is not supported (only null or 4 * n_embd)",
+                           file, (long long)inner);
+    json_t *eps = json_object_get(root, "layer_norm_epsilon");
+    m->eps = 1e-5f;
+    if (eps && !json_is_null(eps)) {
+        if (!json_is_number(eps) || !(json_number_value(eps) > 0))
+            return lathe_error(LATHE_EINVAL, "%s: key 'layer_norm_epsilon' must be a number > 0", file);
+        m->eps = (float)json_number_value(eps);
+    }
+    const char *act = json_string_value(json_object_get(root, "activation_function"));
+    if (json_object_get(root, "activation_function") &&
+        !(act && (strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0)))
+        return lathe_error(LATHE_EUNSUPPORTED, "%s: key 'activation_function' must be \"gelu_new\" (the tanh "
+                           "approximation)", file);
+    /* flags that would change the attention */
+    static const struct { const char *key; int want; } flags[] = {
+        {"scale_attn_weights", 1}, {"scale_attn_by_inverse_layer_idx", 0}, {"add_cross_attention", 0}};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        json_t *v = json_object_get(root, flags[i].key);
+        if (v && !json_is_null(v) && (!json_is_boolean(v) || json_is_true(v) != flags[i].want))
+            return lathe_error(LATHE_EUNSUPPORTED, "%s: key '%s' must be %s", file, flags[i].key,
+                               flags[i].want ? "true" : "false");
+    }
+    json_t *t = json_object_get(root, "tie_word_embeddings");
+    *tie = !t || json_is_null(t) || json_is_true(t);
+    return LATHE_OK;
+}
+
+/* GPT-2's Conv1D layers store their weight [in, out]. */
+static int gpt2_is_conv1d(const char *name)
+{
+    static const char *const suffix[] = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                                         "mlp.c_proj.weight"};
+    size_t n = strlen(name);
+    for (int i = 0; i < 4; i++) {
+        size_t k = strlen(suffix[i]);
+        if (n >= k && strcmp(name + n - k, suffix[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int gpt2_load(struct gpt2 *m)
+{
+    lathe_weights *w;
+    int rc = lathe_weights_open(&w, m->dir);
+    if (rc)
+        return rc;
+    /* distilgpt2-style files carry the "transformer." prefix, the
+     * openai-community/gpt2 one does not; lm_head never has it */
+    const char *prefix = lathe_weights_has(w, "transformer.wte.weight") ? "transformer." : "";
+    for (size_t i = 0; i < m->nparams && !rc; i++) {
+        const char *name = m->params[i]->name;
+        char hf[LATHE_NAME_MAX + 16];
+        snprintf(hf, sizeof hf, "%s%s", strcmp(name, "lm_head.weight") == 0 ? "" : prefix, name);
+        rc = gpt2_is_conv1d(name) ? lathe_weights_read_transposed(w, hf, m->params[i])
+                                  : lathe_weights_read(w, hf, m->params[i]);
+    }
+    if (!rc) {
+        /* the causal-mask buffers; a tied head's copy, which transformers
+         * ignores too */
+        const char *ignore[] = {"*.attn.bias", "*.attn.masked_bias", m->tied ? "lm_head.weight" : NULL, NULL};
+        const char *extra = lathe_weights_unused(w, ignore);
+        if (extra)
+            rc = lathe_error(LATHE_EINVAL, "%s: tensor '%s' is not part of a GPT2LMHeadModel with this "
+                             "config.json; the checkpoint and config do not match", m->dir, extra);
+    }
+    lathe_weights_close(w);
+    return rc;
 }
 
 static int gpt2_build(struct gpt2 *m, const struct lathe_env *env, double std, int tie)
@@ -236,9 +438,12 @@ static int gpt2_create(lathe_section *cfg, const struct lathe_env *env, void **s
         return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
     double std;
     int tie;
-    int rc = gpt2_read_config(m, cfg, &std, &tie);
+    int rc = gpt2_read_config(m, cfg, env, &std, &tie);
+    m->tied = tie;
     if (!rc)
         rc = gpt2_build(m, env, std, tie);
+    if (!rc && m->dir)
+        rc = gpt2_load(m);
     if (rc) {
         gpt2_destroy(m);
         return rc;
@@ -271,8 +476,8 @@ static int gpt2_linears(void *self, struct lathe_linear *const **out, size_t *n)
     return LATHE_OK;
 }
 
-/* 0..T-1 as an I32 [T] tensor in the current scope. */
-static lathe_tensor *gpt2_positions(int64_t T)
+/* start..start+T-1 as an I32 [T] tensor in the current scope. */
+static lathe_tensor *gpt2_positions(int64_t start, int64_t T)
 {
     lathe_tensor *pos = lathe_tensor_new1(LATHE_I32, T);
     int32_t *host = malloc((size_t)T * sizeof *host);
@@ -283,7 +488,7 @@ static lathe_tensor *gpt2_positions(int64_t T)
         return NULL;
     }
     for (int64_t t = 0; t < T; t++)
-        host[t] = (int32_t)t;
+        host[t] = (int32_t)(start + t);
     int rc = lathe_backend()->copy(pos->data, host, (size_t)T * sizeof *host, 1);
     free(host);
     if (rc) {
@@ -293,9 +498,11 @@ static lathe_tensor *gpt2_positions(int64_t T)
     return pos;
 }
 
-/* x [B,T,C] -> x + proj(sdpa(q, k, v)) */
+/* x [B,T,C] -> x + proj(sdpa(q, k, v)); with a cache, k and v are appended
+ * to layer l's cache and q attends over all of it. */
 static lathe_tensor *gpt2_attention(struct gpt2 *m, struct gpt2_block *b, lathe_tensor *x,
-                                    lathe_tensor *segments, int train, int64_t B, int64_t T)
+                                    lathe_tensor *segments, int train, int64_t B, int64_t T,
+                                    struct gpt2_cache *c, int64_t l)
 {
     const int64_t C = m->C, H = m->H, D = C / H;
     lathe_tensor *h = lathe_layernorm(x, b->ln1_w, b->ln1_b, m->eps);
@@ -310,7 +517,14 @@ static lathe_tensor *gpt2_attention(struct gpt2 *m, struct gpt2_block *b, lathe_
     lathe_tensor *q = lathe_reshape(parts[0], 4, heads);
     lathe_tensor *k = lathe_reshape(parts[1], 4, heads);
     lathe_tensor *v = lathe_reshape(parts[2], 4, heads);
-    lathe_tensor *y = lathe_sdpa(q, k, v, segments, 0.0f); /* [B,T,H,D] */
+    lathe_tensor *y;
+    if (c) {
+        if (!k || !v || lathe_write_rows(c->k[l], k, c->len) || lathe_write_rows(c->v[l], v, c->len))
+            return NULL;
+        y = lathe_sdpa_cached(q, c->k[l], c->v[l], c->len + T, c->seg, 0.0f);
+    } else {
+        y = lathe_sdpa(q, k, v, segments, 0.0f); /* [B,T,H,D] */
+    }
     const int64_t flat[3] = {B, T, C};
     y = lathe_linear_forward(&b->attn_proj, lathe_reshape(y, 3, flat));
     return lathe_add(x, lathe_dropout(y, m->dropout, train));
@@ -325,9 +539,9 @@ static lathe_tensor *gpt2_mlp(struct gpt2 *m, struct gpt2_block *b, lathe_tensor
     return lathe_add(x, lathe_dropout(h, m->dropout, train));
 }
 
-static lathe_tensor *gpt2_forward(void *self, const struct lathe_batch *batch, int train)
+static lathe_tensor *gpt2_run(struct gpt2 *m, const struct lathe_batch *batch, int train,
+                              struct gpt2_cache *c)
 {
-    struct gpt2 *m = self;
     lathe_tensor *ids = batch->input_ids; /* [B,T] */
     char s[64];
     if (!ids || ids->ndim != 2 || ids->dtype != LATHE_I32) {
@@ -336,18 +550,29 @@ static lathe_tensor *gpt2_forward(void *self, const struct lathe_batch *batch, i
         return NULL;
     }
     const int64_t B = ids->shape[0], T = ids->shape[1];
+    if (c && (B != c->B || c->len + T > c->max_len)) {
+        lathe_error(LATHE_EINVAL, "gpt2: %lld rows of %lld tokens after %lld do not fit the cache of %lld rows "
+                    "and max_len %lld", (long long)B, (long long)T, (long long)c->len, (long long)c->B,
+                    (long long)c->max_len);
+        return NULL;
+    }
     if (T > m->P) {
         lathe_error(LATHE_EINVAL, "gpt2: sequence length T = %lld exceeds the model's context "
                     "%lld; shorten [data] seq_len or raise [model] context",
                     (long long)T, (long long)m->P);
         return NULL;
     }
-    lathe_tensor *pos = batch->positions ? batch->positions : gpt2_positions(T);
+    lathe_tensor *pos = batch->positions ? batch->positions : gpt2_positions(c ? c->len : 0, T);
+    if (c) {
+        lathe_tensor *kseg = batch->segments ? batch->segments : lathe_tensor_new2(LATHE_I32, B, T);
+        if (!kseg || lathe_write_rows(c->seg, kseg, c->len))
+            return NULL;
+    }
     /* x [B,T,C] = wte[ids] + wpe[pos] (pos [T] broadcasts over B) */
     lathe_tensor *x = lathe_add(lathe_embedding(m->wte, ids), lathe_embedding(m->wpe, pos));
     x = lathe_dropout(x, m->dropout, train);
     for (int64_t i = 0; i < m->L && x; i++) {
-        x = gpt2_attention(m, &m->blocks[i], x, batch->segments, train, B, T);
+        x = gpt2_attention(m, &m->blocks[i], x, batch->segments, train, B, T, c, i);
         x = gpt2_mlp(m, &m->blocks[i], x, train);
     }
     x = lathe_layernorm(x, m->lnf_w, m->lnf_b, m->eps);
@@ -355,6 +580,164 @@ static lathe_tensor *gpt2_forward(void *self, const struct lathe_batch *batch, i
     if (!logits)
         lathe_error_prefix(LATHE_EINVAL, "gpt2 forward");
     return logits;
+}
+
+static lathe_tensor *gpt2_forward(void *self, const struct lathe_batch *batch, int train)
+{
+    return gpt2_run(self, batch, train, NULL);
+}
+
+/* ---- generation cache (ABI 1.1) ---- */
+
+static void gpt2_cache_free(void *self, void *cache)
+{
+    struct gpt2 *m = self;
+    struct gpt2_cache *c = cache;
+    if (!c)
+        return;
+    for (int64_t l = 0; l < m->L; l++) {
+        if (c->k)
+            lathe_tensor_free(c->k[l]);
+        if (c->v)
+            lathe_tensor_free(c->v[l]);
+    }
+    lathe_tensor_free(c->seg);
+    free(c->k);
+    free(c->v);
+    free(c);
+}
+
+/* The tensors are made in the caller's scope if one is open (then the cache
+ * must not outlive it), else they are owned by the cache. */
+static int gpt2_cache_new(void *self, int64_t B, int64_t max_len, void **cache)
+{
+    struct gpt2 *m = self;
+    *cache = NULL;
+    if (B <= 0 || max_len <= 0 || max_len > m->P)
+        return lathe_error(LATHE_EINVAL, "gpt2: a cache needs B > 0 and 0 < max_len <= the context %lld (got "
+                           "%lld, %lld)", (long long)m->P, (long long)B, (long long)max_len);
+    struct gpt2_cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+    c->B = B;
+    c->max_len = max_len;
+    c->k = calloc((size_t)m->L, sizeof *c->k);
+    c->v = calloc((size_t)m->L, sizeof *c->v);
+    int ok = c->k && c->v && (c->seg = lathe_tensor_new_owned(LATHE_I32, 2, (int64_t[]){B, max_len}));
+    for (int64_t l = 0; l < m->L && ok; l++)
+        ok = (c->k[l] = lathe_tensor_new_owned(LATHE_F32, 4, (int64_t[]){B, max_len, m->H, m->C / m->H})) &&
+             (c->v[l] = lathe_tensor_new_owned(LATHE_F32, 4, (int64_t[]){B, max_len, m->H, m->C / m->H}));
+    if (!ok) {
+        gpt2_cache_free(m, c);
+        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory for a cache of %lld x %lld tokens", (long long)B,
+                           (long long)max_len);
+    }
+    *cache = c;
+    return LATHE_OK;
+}
+
+static lathe_tensor *gpt2_forward_cached(void *self, void *cache, const struct lathe_batch *batch)
+{
+    struct gpt2_cache *c = cache;
+    if (!c) {
+        lathe_error(LATHE_EINVAL, "gpt2: forward_cached needs a cache from cache_new");
+        return NULL;
+    }
+    lathe_no_grad_begin();
+    lathe_tensor *logits = gpt2_run(self, batch, 0, c);
+    lathe_no_grad_end();
+    if (logits)
+        c->len += batch->input_ids->shape[1];
+    return logits;
+}
+
+/* ---- save: the Hugging Face layout ---- */
+
+static int gpt2_copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb");
+    if (!in)
+        return errno == ENOENT ? LATHE_OK : lathe_error(LATHE_EIO, "cannot read %s: %s", from, strerror(errno));
+    char tmp[4400];
+    snprintf(tmp, sizeof tmp, "%s.tmp", to);
+    FILE *out = fopen(tmp, "wb");
+    int rc = LATHE_OK;
+    if (!out) {
+        rc = lathe_error(LATHE_EIO, "cannot create %s: %s", tmp, strerror(errno));
+    } else {
+        char buf[65536];
+        size_t k;
+        while ((k = fread(buf, 1, sizeof buf, in)) > 0)
+            if (fwrite(buf, 1, k, out) != k)
+                break;
+        if (ferror(in) || fclose(out) != 0 || rename(tmp, to) != 0) {
+            rc = lathe_error(LATHE_EIO, "cannot copy %s to %s: %s", from, to, strerror(errno));
+            unlink(tmp);
+        }
+    }
+    fclose(in);
+    return rc;
+}
+
+/* config.json of a model made from INI keys (transformers' GPT2Config). */
+static json_t *gpt2_new_config(const struct gpt2 *m)
+{
+    return json_pack("{s:[s],s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:s,s:n,s:b,s:f,s:f,s:f}", "architectures",
+                     "GPT2LMHeadModel", "model_type", "gpt2", "n_embd", (json_int_t)m->C, "n_head",
+                     (json_int_t)m->H, "n_layer", (json_int_t)m->L, "n_positions", (json_int_t)m->P, "vocab_size",
+                     (json_int_t)m->V, "layer_norm_epsilon", (double)m->eps, "activation_function", "gelu_new",
+                     "n_inner", "tie_word_embeddings", m->tied, "resid_pdrop", (double)m->dropout, "embd_pdrop",
+                     (double)m->dropout, "attn_pdrop", (double)m->dropout);
+}
+
+static int gpt2_save(void *self, const char *dir)
+{
+    struct gpt2 *m = self;
+    char **names = calloc(m->nparams, sizeof *names);
+    uint8_t *tr = calloc(m->nparams, 1);
+    int rc = names && tr ? LATHE_OK : lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+    /* Tied, the body is written without "transformer." as the published
+     * gpt2 checkpoint is; untied it needs the prefix, because transformers
+     * refuses a prefix-less body next to a separate lm_head.weight. */
+    const char *prefix = m->tied ? "" : "transformer.";
+    for (size_t i = 0; i < m->nparams && !rc; i++) {
+        const char *name = m->params[i]->name;
+        size_t n = strlen(prefix) + strlen(name) + 1;
+        if (!(names[i] = malloc(n)))
+            rc = lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+        else
+            snprintf(names[i], n, "%s%s", strcmp(name, "lm_head.weight") == 0 ? "" : prefix, name);
+        tr[i] = (uint8_t)gpt2_is_conv1d(name);
+    }
+    if (!rc)
+        rc = lathe_weights_write(dir, (const char *const *)names, m->params, tr, m->nparams, m->save_dtype,
+                                 m->max_shard);
+    for (size_t i = 0; names && i < m->nparams; i++)
+        free(names[i]);
+    free(names);
+    free(tr);
+    if (rc)
+        return rc;
+    json_t *cfg = m->config ? json_deep_copy(m->config) : gpt2_new_config(m);
+    const char *dt = m->save_dtype == LATHE_BF16 ? "bfloat16" : m->save_dtype == LATHE_F16 ? "float16" : "float32";
+    char path[4200], from[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    snprintf(from, sizeof from, "%s/config.json.tmp", dir);
+    if (!cfg || json_object_set_new(cfg, "torch_dtype", json_string(dt)) ||
+        (json_object_get(cfg, "dtype") && json_object_set_new(cfg, "dtype", json_string(dt))))
+        rc = lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
+    else if (json_dump_file(cfg, from, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(from, path) != 0)
+        rc = lathe_error(LATHE_EIO, "cannot write %s: %s", path, strerror(errno));
+    json_decref(cfg);
+    static const char *const extra[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                        "special_tokens_map.json", "vocab.json", "merges.txt", NULL};
+    for (const char *const *f = extra; *f && !rc && m->dir; f++) {
+        snprintf(from, sizeof from, "%s/%s", m->dir, *f);
+        snprintf(path, sizeof path, "%s/%s", dir, *f);
+        if (strcmp(from, path) != 0)
+            rc = gpt2_copy_file(from, path);
+    }
+    return rc;
 }
 
 static const struct lathe_model_ops gpt2_ops = {
@@ -365,6 +748,10 @@ static const struct lathe_model_ops gpt2_ops = {
     .params = gpt2_params,
     .forward = gpt2_forward,
     .linears = gpt2_linears,
+    .save = gpt2_save,
+    .cache_new = gpt2_cache_new,
+    .cache_free = gpt2_cache_free,
+    .forward_cached = gpt2_forward_cached,
 };
 
 static const struct lathe_component gpt2_components[] = {

@@ -53,6 +53,24 @@ int lathe_chat_encode(const lathe_tokenizer *tk, int format, const struct lathe_
 /* The token id that ends an assistant turn (generation stops there). */
 int32_t lathe_chat_stop_token(const lathe_tokenizer *tk, int format);
 
+/* ---- chat data (jsonl-chat, lathe data) ---- */
+/* Parse one conversation written in JSON: a list of {"role","content"}
+ * messages or an object whose "messages" is such a list. Roles are
+ * "system", "user" and "assistant"; contents are strings. On success *msgs
+ * (*n entries) is one malloc'd block that holds the strings too: free(*msgs).
+ * A malformed conversation is LATHE_EINVAL with a message that says what is
+ * wrong (the column of bad JSON, the index of a bad message, the unknown
+ * role) but not where: the caller prefixes "FILE:LINE: ".
+ * require_assistant: a conversation without an assistant message is bad. */
+int lathe_chat_parse(const char *json, size_t len, int require_assistant, struct lathe_chat_msg **msgs,
+                     size_t *n);
+/* The default system prompt that a model's chat template inserts when a
+ * conversation has none (ChatML templates such as Qwen2.5's and SmolLM2's
+ * carry their own), read from model_dir's tokenizer_config.json. *text is
+ * malloc'd (the caller frees it), or NULL when the template has none or the
+ * directory has no template; lathe_chat_encode itself uses Qwen2's. */
+int lathe_chat_default_system(const char *model_dir, int format, char **text);
+
 #ifdef __cplusplus
 }
 #endif

@@ -63,6 +63,11 @@ int lathe_cfg_choice(lathe_section *s, const char *key, const char *def,
  * config is freed. def may be "" (empty list) or NULL (required). */
 int lathe_cfg_list(lathe_section *s, const char *key, const char *def,
                    const char *const **items, size_t *n);
+/* A file or directory path: the string as given when absolute, otherwise
+ * relative to the directory of the INI file (so a run file can name its data
+ * next to it). *out stays valid until the config is freed. def == NULL makes
+ * the key required; def == "" leaves *out "" when the key is absent. */
+int lathe_cfg_path(lathe_section *s, const char *key, const char *def, const char **out);
 /* Byte size: 512, 64K, 512M, 2G, 1T (powers of 1024; optional B or iB). */
 int lathe_cfg_bytes(lathe_section *s, const char *key, const char *def, uint64_t *out);
 
@@ -93,6 +98,11 @@ int lathe_section_check_typos(const lathe_section *s);
 /* Print the resolved configuration (every read key with its value or
  * default, in section order) as INI text. */
 int lathe_config_dump(const lathe_config *cfg, void *file /* FILE* */);
+
+/* lathe_config_check_unused for one section only: the first key of `s`
+ * that nobody has read is an error (same message). For tools that use a
+ * few sections of a file and ignore the rest (`lathe reward`). */
+int lathe_section_check_unused(const lathe_section *s);
 
 #ifdef __cplusplus
 }

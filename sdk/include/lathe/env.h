@@ -100,6 +100,23 @@ int lathe_state_get_f64(lathe_state *st, const char *key, double *v);
 /* The string stays valid while the state lives. */
 int lathe_state_get_str(lathe_state *st, const char *key, const char **v);
 
+/* ---- a state of a component's own (ABI 1.1) ----
+ * For files a component writes beside the checkpoint's shared state, e.g. a
+ * sharding strategy saving each rank's optimizer shard (the optimizer's
+ * state_save fills the state; the strategy writes it under a name of its
+ * own). The layout is the checkpoint's: DIR/state.safetensors holds the
+ * tensors, DIR/state.json the scalars. */
+/* An empty state with no prefix, owned by the caller; NULL when out of
+ * memory. */
+lathe_state *lathe_state_create(void);
+void lathe_state_destroy(lathe_state *st);
+/* Write the state into dir (made if missing; its parent must exist).
+ * Tensors put into the state must still be alive. */
+int lathe_state_save_dir(const lathe_state *st, const char *dir);
+/* Read a state written by lathe_state_save_dir (or a checkpoint directory);
+ * *out is the caller's, freed with lathe_state_destroy. */
+int lathe_state_load_dir(lathe_state **out, const char *dir);
+
 #ifdef __cplusplus
 }
 #endif
