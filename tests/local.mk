@@ -85,8 +85,8 @@ tests_lathe_ops_small_la_SOURCES = tests/plugins/ops_small.c
 tests_lathe_ops_small_la_LDFLAGS = $(BROKEN_LDFLAGS)
 
 # End-to-end runs of real INI files and the installed SDK.
-TESTS += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh tests/e2e_sdk.sh
-EXTRA_DIST += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh \
+TESTS += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh tests/e2e_sdk.sh tests/e2e_rl.sh
+EXTRA_DIST += tests/e2e_headers.sh tests/e2e_cli.sh tests/e2e_pretrain.sh tests/e2e_resume.sh tests/e2e_rl.sh \
 	tests/e2e_sdk.sh tests/tb_check.py tests/e2e_lib.sh \
 	$(TEST_FIXTURES)
 

@@ -213,6 +213,22 @@ static int evaluate(struct lathe_run *run, double *out)
     return rc;
 }
 
+static int log_scalars(struct lathe_run *run, int64_t step, const char *const *names, const double *v, size_t n);
+
+/* Evaluate, then log eval/loss and what components reported meanwhile. */
+static int evaluate_and_log(struct lathe_run *run, int64_t step, double *el)
+{
+    int rc = evaluate(run, el);
+    if (rc != LATHE_OK)
+        return rc;
+    const char *names[1 + 64] = {"eval/loss"};
+    double ev[1 + 64] = {*el};
+    size_t nr = lathe_report_take(names + 1, ev + 1, 64);
+    rc = log_scalars(run, step, names, ev, 1 + nr);
+    lathe_report_clear();
+    return rc;
+}
+
 static int log_scalars(struct lathe_run *run, int64_t step, const char *const *names, const double *v, size_t n)
 {
     if (run->env.rank != 0)
@@ -344,6 +360,12 @@ int lathe_run_train(struct lathe_run *run)
     double started = now_s();
     int64_t first = ls.step;
     lathe_report_clear(); /* nothing reported while components were made counts for step 1 */
+    if (rc == LATHE_OK && t->eval_at_start && ls.step == 0) {
+        double el;
+        rc = evaluate_and_log(run, 0, &el);
+        if (rc == LATHE_OK)
+            lathe_progress_eval(run, 0, el, 0);
+    }
     int stop_early = 0;
     while (rc == LATHE_OK && ls.step < t->steps && !stop_signal && !stop_early) {
         double t0 = now_s();
@@ -409,14 +431,8 @@ int lathe_run_train(struct lathe_run *run)
         int last = ls.step == t->steps;
         if (rc == LATHE_OK && t->eval_every && (ls.step % t->eval_every == 0 || last)) {
             double el;
-            rc = evaluate(run, &el);
+            rc = evaluate_and_log(run, ls.step, &el);
             if (rc == LATHE_OK) {
-                /* eval/loss, and what components reported while evaluating */
-                const char *names[1 + 64] = {"eval/loss"};
-                double ev[1 + 64] = {el};
-                size_t nr = lathe_report_take(names + 1, ev + 1, 64);
-                rc = log_scalars(run, ls.step, names, ev, 1 + nr);
-                lathe_report_clear();
                 int improved = el < ls.best_eval - t->min_delta;
                 if (improved) {
                     ls.best_eval = el;

@@ -187,6 +187,7 @@ static int read_run_settings(struct lathe_run *run)
         (rc = lathe_cfg_float(s, "max_grad_norm", 1.0, 0.0, 1e30, &t->max_grad_norm)) ||
         (rc = lathe_cfg_int(s, "eval_every", 0, 0, INT64_MAX, &t->eval_every)) ||
         (rc = lathe_cfg_int(s, "eval_batches", 0, 0, INT64_MAX, &t->eval_batches)) ||
+        (rc = lathe_cfg_bool(s, "eval_at_start", 0, &t->eval_at_start)) ||
         (rc = lathe_cfg_int(s, "log_every", 1, 1, INT64_MAX, &t->log_every)) ||
         (rc = lathe_cfg_int(s, "checkpoint_every", 0, 0, INT64_MAX, &t->checkpoint_every)) ||
         (rc = lathe_cfg_int(s, "keep_checkpoints", 2, 1, 1000000, &t->keep_checkpoints)) ||
@@ -194,6 +195,8 @@ static int read_run_settings(struct lathe_run *run)
         (rc = lathe_cfg_float(s, "early_stopping_min_delta", 0.0, 0.0, 1e30, &t->min_delta)) ||
         (rc = lathe_cfg_int(s, "threads", 0, 0, 4096, &t->threads)))
         return rc;
+    if (t->eval_at_start && t->eval_every == 0)
+        return lathe_cfg_error(s, "eval_at_start", "set eval_every > 0 too (evaluations need a schedule)");
     if (t->patience > 0 && t->eval_every == 0)
         return lathe_cfg_error(s, "early_stopping_patience",
                                "early stopping needs evaluations; set eval_every > 0");

@@ -12,6 +12,7 @@ struct lathe_train_settings {
     int64_t steps, batch_size, grad_accum;
     double max_grad_norm;            /* 0: no clipping */
     int64_t eval_every, eval_batches;
+    int eval_at_start;               /* evaluate once before the first step */
     int64_t log_every, checkpoint_every, keep_checkpoints;
     int64_t patience;                /* evaluations without improvement; 0: off */
     double min_delta;

@@ -1,0 +1,46 @@
+#!/bin/sh
+# The RL demonstration, end to end on 2 cores: a tiny GPT learns the
+# <think>/<answer> format (examples/arith-sft.ini), then GRPO with the rule
+# reward raises the share of correct answers on held-out prompts and the
+# mean reward (examples/grpo-arith.ini), and DPO lowers its loss and raises
+# the chosen-over-rejected margin (examples/dpo-arith.ini). Fixed seeds.
+. "$top_srcdir/tests/e2e_lib.sh"
+if [ -n "${LATHE_SANITIZED:-}" ]; then
+  echo "skip: the RL demonstration takes minutes under the sanitizers; the plugins' code runs there in check_* suites"
+  exit 77
+fi
+ex="$top_srcdir/examples"
+# the example INIs name ../runs/arith-sft/final relative to examples/: give
+# them their own tree of the same shape
+mkdir -p "$WORK/examples" "$WORK/runs"
+cp -r "$ex/arith" "$WORK/examples/"
+cp "$ex/arith-sft.ini" "$ex/grpo-arith.ini" "$ex/dpo-arith.ini" "$WORK/examples/"
+cd "$WORK" || fail "cd"
+"$LATHE" train examples/arith-sft.ini > sft.log 2>&1 || { tail -20 sft.log; fail "SFT warm-up"; }
+[ -f runs/arith-sft/final/config.json ] || fail "the SFT run wrote no model"
+
+"$LATHE" train examples/grpo-arith.ini > grpo.log 2>&1 || { tail -20 grpo.log; fail "GRPO"; }
+m=runs/grpo-arith/metrics.jsonl
+a0=$(grep '"step": *0,' "$m" | sed -E 's/.*"grpo_eval_accuracy": *([-0-9.eE+]+).*/\1/')
+a1=$(grep '"step": *40,.*grpo_eval_accuracy' "$m" | sed -E 's/.*"grpo_eval_accuracy": *([-0-9.eE+]+).*/\1/')
+r=$(awk -F'"grpo_reward_mean":' 'NF > 1 { split($2, v, ","); n++; x[n] = v[1] }
+  END { for (i = 1; i <= 10; i++) { e += x[i]; l += x[n - 10 + i] } printf "%.4f %.4f", e / 10, l / 10 }' "$m")
+echo "GRPO held-out accuracy: $a0 at step 0, $a1 at step 40; mean reward, first and last 10 steps: $r"
+awk -v a="$a0" -v b="$a1" 'BEGIN { exit !(b > a) }' || fail "held-out accuracy did not rise ($a0 -> $a1)"
+echo "$r" | awk '{ exit !($2 > $1) }' || fail "mean reward did not rise ($r)"
+for k in grpo_reward_std grpo_accuracy grpo_completion_length grpo_clip_fraction grpo_entropy \
+         grpo_reward_format_mean grpo_rollout_tokens_per_s grpo_generation_seconds; do
+  grep -q "\"$k\"" "$m" || fail "metrics.jsonl lacks $k"
+done
+
+"$LATHE" train examples/dpo-arith.ini > dpo.log 2>&1 || { tail -20 dpo.log; fail "DPO"; }
+m=runs/dpo-arith/metrics.jsonl
+d=$(awk '/"dpo_reward_margin"/ && /"loss":/ { n++; l[n] = $0 } END {
+  split(l[1], a, "\"loss\": *"); split(a[2], b, ","); l1 = b[1]
+  split(l[n], a, "\"loss\": *"); split(a[2], b, ","); l2 = b[1]
+  split(l[1], a, "\"dpo_reward_margin\": *"); split(a[2], b, "[,}]"); m1 = b[1]
+  split(l[n], a, "\"dpo_reward_margin\": *"); split(a[2], b, "[,}]"); m2 = b[1]
+  printf "%s %s %s %s", l1, l2, m1, m2 }' "$m")
+echo "DPO loss first/last, margin first/last: $d"
+echo "$d" | awk '{ exit !($2 < $1 - 0.1 && $4 > $3 + 0.3) }' || fail "DPO did not lower the loss and raise the margin ($d)"
+echo "e2e_rl: all passed"
