@@ -155,6 +155,41 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* y = x0 W0^T, then y + 0.7 x1 W1^T in y's buffer */
+static lathe_tensor *gc_acc(lathe_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return lathe_linear_accumulate(lathe_linear(in[0], in[1], NULL), in[2], in[3], 0.7f);
+}
+
+START_TEST(test_linear_accumulate)
+{
+    lathe_tensor *x0 = lathe_gc_rand(2, (int64_t[]){3, 4}, -1, 1, 31, 1);
+    lathe_tensor *w0 = lathe_gc_rand(2, (int64_t[]){5, 4}, -1, 1, 32, 1);
+    lathe_tensor *x1 = lathe_gc_rand(2, (int64_t[]){3, 2}, -1, 1, 33, 1);
+    lathe_tensor *w1 = lathe_gc_rand(2, (int64_t[]){5, 2}, -1, 1, 34, 1);
+    lathe_tensor *in[4] = {x0, w0, x1, w1};
+    lathe_scope_push();
+    lathe_tensor *y = gc_acc(in, NULL);
+    ck_assert_ptr_nonnull(y);
+    for (int n = 0; n < 3; n++)
+        for (int o = 0; o < 5; o++) {
+            double want = 0;
+            for (int i = 0; i < 4; i++)
+                want += lathe_tensor_f32(x0)[n * 4 + i] * lathe_tensor_f32(w0)[o * 4 + i];
+            for (int i = 0; i < 2; i++)
+                want += 0.7 * lathe_tensor_f32(x1)[n * 2 + i] * lathe_tensor_f32(w1)[o * 2 + i];
+            ck_assert_float_eq_tol(lathe_tensor_f32(y)[n * 5 + o], (float)want, 1e-5f);
+        }
+    /* shapes that do not line up are refused */
+    ck_assert_ptr_null(lathe_linear_accumulate(y, x0, w1, 1.0f));
+    lathe_scope_pop();
+    check_grad(gc_acc, in, 4);
+    for (int i = 0; i < 4; i++)
+        lathe_tensor_free(in[i]);
+}
+END_TEST
+
 static Suite *fn_suite(void)
 {
     Suite *s = suite_create("ops_fn");
@@ -162,6 +197,7 @@ static Suite *fn_suite(void)
     tcase_add_test(core, test_unary_forward);
     tcase_add_test(core, test_unary_backward);
     tcase_add_test(core, test_token_logprobs);
+    tcase_add_test(core, test_linear_accumulate);
     suite_add_tcase(s, core);
     TCase *lim = tcase_create("Limits");
     tcase_add_test(lim, test_limits);

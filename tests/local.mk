@@ -119,3 +119,11 @@ TESTS += tests/check_comm
 tests_check_comm_SOURCES = tests/check_comm.c tests/testutil.h
 tests_check_comm_CFLAGS = $(TEST_CFLAGS)
 tests_check_comm_LDADD = $(TEST_LDADD)
+
+# The CUDA backend against the CPU backend, and a short training run on
+# each (skips without the plugin or a GPU; never links CUDA itself).
+check_PROGRAMS += tests/check_cuda
+TESTS += tests/check_cuda
+tests_check_cuda_SOURCES = tests/check_cuda.c tests/testutil.h
+tests_check_cuda_CFLAGS = $(TEST_CFLAGS)
+tests_check_cuda_LDADD = $(TEST_LDADD) -ldl

@@ -16,6 +16,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: lathe generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
                "                      [--top-k K] [--top-p P] [--seed S] [--template NAME|raw]\n"
+               "                      [--adapter DIR]  (a PEFT LoRA adapter, e.g. runs/sft-lora/adapter)\n"
                "                      [--system TEXT] [--plugin-path DIRS]\n"
                "  --template raw feeds the prompt as plain text; otherwise the model's chat\n"
                "  format (detected from tokenizer_config.json, or chatml/deepseek-r1/llama3).\n");
@@ -57,7 +58,7 @@ static int parse_num(const char *opt, const char *v, double lo, double hi, doubl
 
 int lathe_cmd_generate(int argc, char **argv)
 {
-    const char *model = NULL, *prompt = NULL, *tmpl = NULL, *system = NULL, *plugin_path = NULL;
+    const char *model = NULL, *prompt = NULL, *tmpl = NULL, *system = NULL, *plugin_path = NULL, *adapter = NULL;
     double max_new = 128, temp = 0.0, top_k = 0, top_p = 1.0, seed = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -83,10 +84,8 @@ int lathe_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--top-k")) st = parse_num(a, v, 0, 1e9, &top_k);
         else if (!strcmp(a, "--top-p")) st = parse_num(a, v, 1e-6, 1, &top_p);
         else if (!strcmp(a, "--seed")) st = parse_num(a, v, 0, 9e15, &seed);
-        else if (!strcmp(a, "--adapter")) {
-            fprintf(stderr, "lathe generate: --adapter: no PEFT plugin that loads adapters is available yet\n");
-            return 2;
-        } else {
+        else if (!strcmp(a, "--adapter")) adapter = v;
+        else {
             fprintf(stderr, "lathe generate: unknown option '%s'\n", a);
             return 2;
         }
@@ -119,7 +118,9 @@ int lathe_cmd_generate(int argc, char **argv)
         rc = lathe_registry_find(reg, LATHE_KIND_MODEL, plugin, (const void **)&ops, NULL);
     if (rc == LATHE_OK) {
         char ini[8192];
-        snprintf(ini, sizeof ini, "[model]\nplugin = %s\npretrained = %s\n", plugin, model);
+        int len = snprintf(ini, sizeof ini, "[model]\nplugin = %s\npretrained = %s\n", plugin, model);
+        if (adapter)
+            snprintf(ini + len, sizeof ini - (size_t)len, "[peft]\nplugin = lora\nadapter = %s\n", adapter);
         cfg = lathe_config_load_string("<generate>", ini);
         if (!cfg)
             rc = LATHE_ECONFIG;
@@ -132,6 +133,30 @@ int lathe_cmd_generate(int argc, char **argv)
         const char *ignored;
         lathe_cfg_string(s, "plugin", NULL, &ignored);
         rc = ops->create(s, &env, &self);
+    }
+    /* an adapter: the PEFT plugin wraps the model's linear layers */
+    const struct lathe_peft_ops *pops = NULL;
+    void *pself = NULL;
+    if (rc == LATHE_OK && adapter)
+        rc = lathe_registry_find(reg, LATHE_KIND_PEFT, "lora", (const void **)&pops, NULL);
+    if (rc == LATHE_OK && adapter) {
+        lathe_section *ps = lathe_config_section(cfg, "peft");
+        const char *ignored;
+        lathe_cfg_string(ps, "plugin", NULL, &ignored);
+        rc = pops->create(ps, &env, &pself);
+        struct lathe_linear *const *lin = NULL;
+        lathe_tensor *const *params = NULL;
+        size_t nlin = 0, np = 0;
+        if (rc == LATHE_OK && !LATHE_OPS_HAS(ops, struct lathe_model_ops, linears))
+            rc = lathe_error(LATHE_EUNSUPPORTED, "--adapter: model plugin '%s' exposes no linear layers", plugin);
+        if (rc == LATHE_OK)
+            rc = ops->linears(self, &lin, &nlin);
+        if (rc == LATHE_OK)
+            rc = ops->params(self, &params, &np);
+        if (rc == LATHE_OK)
+            rc = pops->apply(pself, lin, nlin, params, np);
+        if (rc != LATHE_OK)
+            lathe_error_prefix(rc, "--adapter %s", adapter);
     }
     if (rc == LATHE_OK)
         rc = lathe_tokenizer_load(&tk, model);
@@ -180,6 +205,8 @@ int lathe_cmd_generate(int argc, char **argv)
     free(out);
     free(ids);
     free(mask);
+    if (pself)
+        pops->destroy(pself);
     if (self)
         ops->destroy(self);
     lathe_tokenizer_free(tk);

@@ -219,3 +219,56 @@ lathe_tensor *lathe_linear_forward(struct lathe_linear *l, lathe_tensor *x)
     }
     return l->hook ? l->hook(l->hook_self, l, x, out) : out;
 }
+
+/* ---- in-place low-rank accumulate ------------------------------------ */
+
+/* in: y, x, w; i: N, IC, OC; f: scale */
+static void linear_accumulate_backward(struct lathe_node *nd)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    lathe_tensor *y = nd->in[0], *x = nd->in[1], *w = nd->in[2];
+    int64_t N = nd->i[0], IC = nd->i[1], OC = nd->i[2];
+    float s = nd->f[0];
+    const float *dout = nd->out->grad->data; /* [N, OC] */
+    float *dy = lathe_node_grad(y);          /* [N, OC] */
+    float *dx = lathe_node_grad(x);          /* [N, IC] */
+    float *dw = lathe_node_grad(w);          /* [OC, IC] */
+    if (dy)
+        be->scale(dy, dout, 1.0f, N * OC, 1);
+    if (dx)
+        be->gemm(0, 0, N, IC, OC, s, dout, w->data, 1.0f, dx, 1, 0, 0, 0);
+    if (dw)
+        be->gemm(1, 0, OC, IC, N, s, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
+}
+
+lathe_tensor *lathe_linear_accumulate(lathe_tensor *y, lathe_tensor *x, lathe_tensor *w, float scale)
+{
+    LATHE_OP_CHECK_INPUTS(y, x, w);
+    const char *op = "lathe_linear_accumulate";
+    if (lathe_op_expect_f32(op, y) || lathe_op_expect_f32(op, x) || lathe_op_expect_f32(op, w))
+        return NULL;
+    char sy[96], sx[96], sw[96];
+    int64_t IC = w->ndim == 2 ? w->shape[1] : -1, OC = w->ndim == 2 ? w->shape[0] : -1;
+    int ok = w->ndim == 2 && x->shape[x->ndim - 1] == IC && y->shape[y->ndim - 1] == OC &&
+             lathe_op_rows(x) == lathe_op_rows(y);
+    if (!ok) {
+        lathe_error(LATHE_EINVAL, "%s: y %s, x %s, w %s: expected y [..., OC], x [..., IC], w [OC, IC] with equal rows", op,
+                    lathe_tensor_shape_str(y, sy, sizeof sy), lathe_tensor_shape_str(x, sx, sizeof sx),
+                    lathe_tensor_shape_str(w, sw, sizeof sw));
+        return NULL;
+    }
+    int64_t N = lathe_op_rows(y);
+    lathe_tensor *out = lathe_op_view(y, y->ndim, y->shape);
+    if (!out)
+        return NULL;
+    lathe_backend()->gemm(0, 1, N, OC, IC, scale, x->data, w->data, 1.0f, out->data, 1, 0, 0, 0);
+    lathe_tensor *in[3] = {y, x, w};
+    struct lathe_node *nd = lathe_node_record(out, linear_accumulate_backward, 3, in);
+    if (nd) {
+        nd->i[0] = N;
+        nd->i[1] = IC;
+        nd->i[2] = OC;
+        nd->f[0] = scale;
+    }
+    return out;
+}

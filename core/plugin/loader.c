@@ -220,6 +220,23 @@ static int check_component(const char *path, const struct lathe_plugin_desc *d, 
     return LATHE_OK;
 }
 
+/* A GPU backend plugin brings its own runtime: the host only calls its ops
+ * table, so a host built without the GPU runtime takes it when the pointer
+ * size agrees and it ships backends alone. Any other component built for a
+ * GPU runtime may assume one in the host and is refused. */
+static int gpu_backend_welcome(const struct lathe_plugin_desc *d)
+{
+    const char *semi = strchr(LATHE_BUILD_SIGNATURE, ';');
+    size_t ptr_len = (size_t)(semi - LATHE_BUILD_SIGNATURE) + 1; /* "ptr8;" */
+    if (strncmp(d->build_sig, LATHE_BUILD_SIGNATURE, ptr_len) != 0 || d->components == NULL)
+        return 0;
+    size_t i = 0;
+    for (; i < LATHE_MAX_COMPONENTS && d->components[i].kind != LATHE_KIND_NONE; i++)
+        if (d->components[i].kind != LATHE_KIND_BACKEND)
+            return 0;
+    return i > 0 && i < LATHE_MAX_COMPONENTS;
+}
+
 int lathe_plugin_desc_check(const char *path, const struct lathe_plugin_desc *d)
 {
     if (path == NULL)
@@ -254,7 +271,7 @@ int lathe_plugin_desc_check(const char *path, const struct lathe_plugin_desc *d)
                            "%s: descriptor has no build signature; this lathe is \"%s\"; define "
                            "the descriptor with LATHE_PLUGIN_DEFINE, which sets it",
                            path, LATHE_BUILD_SIGNATURE);
-    if (strcmp(d->build_sig, LATHE_BUILD_SIGNATURE) != 0)
+    if (strcmp(d->build_sig, LATHE_BUILD_SIGNATURE) != 0 && !gpu_backend_welcome(d))
         return lathe_error(LATHE_EABI,
                            "%s: build signature \"%s\" does not match this lathe's \"%s\" "
                            "(pointer size; GPU runtime); rebuild it against this SDK for the "

@@ -67,7 +67,7 @@ static void set_contiguous(lathe_tensor *t, int ndim, const int64_t *shape)
     }
 }
 
-lathe_tensor *lathe_tensor_alloc(enum lathe_dtype dt, int ndim, const int64_t *shape, int scoped)
+lathe_tensor *lathe_tensor_alloc_raw(enum lathe_dtype dt, int ndim, const int64_t *shape, int scoped, int zero)
 {
     int64_t numel;
     if ((unsigned)dt >= LATHE_DTYPE_COUNT) {
@@ -85,6 +85,8 @@ lathe_tensor *lathe_tensor_alloc(enum lathe_dtype dt, int ndim, const int64_t *s
         lathe_error(LATHE_ENOMEM, "out of memory allocating a tensor of %zu bytes", nbytes);
         return NULL;
     }
+    if (zero)
+        be->zero(data, nbytes);
     t->dtype = dt;
     t->device = (enum lathe_device)be->device;
     t->data = data;
@@ -96,6 +98,11 @@ lathe_tensor *lathe_tensor_alloc(enum lathe_dtype dt, int ndim, const int64_t *s
         return NULL;
     }
     return t;
+}
+
+lathe_tensor *lathe_tensor_alloc(enum lathe_dtype dt, int ndim, const int64_t *shape, int scoped)
+{
+    return lathe_tensor_alloc_raw(dt, ndim, shape, scoped, 1);
 }
 
 lathe_tensor *lathe_tensor_new(enum lathe_dtype dt, int ndim, const int64_t *shape)
@@ -127,7 +134,8 @@ lathe_tensor *lathe_tensor_new4(enum lathe_dtype dt, int64_t d0, int64_t d1, int
 
 lathe_tensor *lathe_op_result(enum lathe_dtype dt, int ndim, const int64_t *shape)
 {
-    return lathe_tensor_alloc(dt, ndim, shape, 1);
+    /* the kernel writes every element: no zeroing pass */
+    return lathe_tensor_alloc_raw(dt, ndim, shape, 1, 0);
 }
 
 lathe_tensor *lathe_op_view(lathe_tensor *base, int ndim, const int64_t *shape)

@@ -7,6 +7,8 @@
 /* Allocate a zeroed tensor; scoped = 0 makes it caller-owned even inside a
  * scope. */
 lathe_tensor *lathe_tensor_alloc(enum lathe_dtype dt, int ndim, const int64_t *shape, int scoped);
+/* The same with zero = 0 leaving the contents undefined (op results). */
+lathe_tensor *lathe_tensor_alloc_raw(enum lathe_dtype dt, int ndim, const int64_t *shape, int scoped, int zero);
 /* Free t, its grad and (if owned) its buffer, whatever its flags. */
 void lathe_tensor_destroy(lathe_tensor *t);
 int lathe_scope_depth(void);

@@ -463,7 +463,7 @@ int lathe_run_train(struct lathe_run *run)
                             (int)stop_signal, (long long)ls.step);
         return lathe_error(LATHE_EINTR, "interrupted at step %lld (checkpoint saved)", (long long)ls.step);
     }
-    if (rc == LATHE_OK && run->env.rank == 0 && !run->peft.ops && MODEL(run)->save &&
+    if (rc == LATHE_OK && run->env.rank == 0 && t->save_final && !run->peft.ops && MODEL(run)->save &&
         LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save)) {
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/final", run->output_dir);
@@ -475,7 +475,7 @@ int lathe_run_train(struct lathe_run *run)
     }
     /* [peft]: the base is unchanged, so only the adapter is written (lathe
      * merge folds it into the base when a full model is wanted). */
-    if (rc == LATHE_OK && run->env.rank == 0 && run->peft.ops) {
+    if (rc == LATHE_OK && run->env.rank == 0 && t->save_final && run->peft.ops) {
         const struct lathe_peft_ops *po = run->peft.ops;
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/adapter", run->output_dir);

@@ -146,6 +146,30 @@ static void destroy_component(struct lathe_component_inst *ci)
     ci->self = NULL;
 }
 
+/* device = cuda: the registry's backend "cuda" serves every tensor made
+ * from here on (parameters included). allow_tf32 reaches it through the
+ * environment (LATHE_ALLOW_TF32), which it reads per GEMM. */
+static int use_cuda(struct lathe_run *run, lathe_section *s, int allow_tf32)
+{
+    const void *ops;
+    const char *file;
+    if (lathe_registry_find(run->reg, LATHE_KIND_BACKEND, "cuda", &ops, &file) != LATHE_OK) {
+        char why[2048]; /* the registry's list of what it searched and refused */
+        snprintf(why, sizeof why, "%s", lathe_errmsg());
+        return lathe_cfg_error(s, "device", "device = cuda: no CUDA backend plugin on the plugin path (build with "
+                                            "CUDA: ./configure --with-cuda=DIR); %s", why);
+    }
+    if (allow_tf32)
+        setenv("LATHE_ALLOW_TF32", "1", 1);
+    /* a zero-byte copy starts the device, so that a missing GPU is named
+     * here and not as an allocation failure later */
+    int rc = ((const struct lathe_backend_ops *)ops)->copy(NULL, NULL, 0, 1);
+    if (rc == LATHE_OK)
+        rc = lathe_backend_set(ops);
+    return rc != LATHE_OK ? lathe_error_prefix(rc, "%s: [run] device = cuda (%s)", lathe_config_path(run->cfg), file)
+                          : LATHE_OK;
+}
+
 static int read_run_settings(struct lathe_run *run)
 {
     lathe_section *s = lathe_config_section(run->cfg, "run");
@@ -154,17 +178,16 @@ static int read_run_settings(struct lathe_run *run)
              basename_noext(lathe_config_path(run->cfg), base, sizeof base));
     const char *out;
     int64_t seed;
-    int device, precision;
+    int device, precision, allow_tf32;
     static const char *const devices[] = {"cpu", "cuda", NULL};
     static const char *const precisions[] = {"fp32", "bf16", "fp16", NULL};
     int rc;
     if ((rc = lathe_cfg_string(s, "output_dir", def_out, &out)) ||
         (rc = lathe_cfg_int(s, "seed", 1234, 0, INT64_MAX, &seed)) ||
         (rc = lathe_cfg_choice(s, "device", "cpu", devices, &device)) ||
-        (rc = lathe_cfg_choice(s, "precision", "fp32", precisions, &precision)))
+        (rc = lathe_cfg_choice(s, "precision", "fp32", precisions, &precision)) ||
+        (rc = lathe_cfg_bool(s, "allow_tf32", 0, &allow_tf32)))
         return rc;
-    if (device != LATHE_DEVICE_CPU)
-        return lathe_cfg_error(s, "device", "no CUDA backend plugin is available in this build; use device = cpu");
     if (precision != LATHE_PRECISION_FP32)
         return lathe_cfg_error(s, "precision",
                                "only fp32 compute is implemented on the CPU backend; use precision = fp32");
@@ -172,6 +195,8 @@ static int read_run_settings(struct lathe_run *run)
     run->env.size = sizeof run->env;
     run->env.output_dir = run->output_dir;
     run->env.seed = (uint64_t)seed;
+    if (device == LATHE_DEVICE_CUDA && (rc = use_cuda(run, s, allow_tf32)))
+        return rc;
     run->env.device = device;
     run->env.precision = precision;
     run->env.rank = 0;
@@ -188,6 +213,7 @@ static int read_run_settings(struct lathe_run *run)
         (rc = lathe_cfg_int(s, "eval_every", 0, 0, INT64_MAX, &t->eval_every)) ||
         (rc = lathe_cfg_int(s, "eval_batches", 0, 0, INT64_MAX, &t->eval_batches)) ||
         (rc = lathe_cfg_bool(s, "eval_at_start", 0, &t->eval_at_start)) ||
+        (rc = lathe_cfg_bool(s, "save_final", 1, &t->save_final)) ||
         (rc = lathe_cfg_int(s, "log_every", 1, 1, INT64_MAX, &t->log_every)) ||
         (rc = lathe_cfg_int(s, "checkpoint_every", 0, 0, INT64_MAX, &t->checkpoint_every)) ||
         (rc = lathe_cfg_int(s, "keep_checkpoints", 2, 1, 1000000, &t->keep_checkpoints)) ||
@@ -326,10 +352,11 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = LATHE_ECONFIG;
     for (size_t i = 0; rc == LATHE_OK && i < o->noverrides; i++)
         rc = lathe_config_override(run->cfg, o->overrides[i]);
-    if (rc == LATHE_OK)
-        rc = read_run_settings(run);
+    /* the registry first: device = cuda finds its backend there */
     if (rc == LATHE_OK)
         rc = open_registry(run, o->plugin_path);
+    if (rc == LATHE_OK)
+        rc = read_run_settings(run);
     if (rc == LATHE_OK)
         rc = create_comm(run);
     /* model first: the others may ask it (vocabulary, context) */
@@ -390,6 +417,8 @@ void lathe_run_destroy(struct lathe_run *run)
     destroy_component(&run->model);
     free(run->trainable);
     destroy_component(&run->comm); /* last: others may talk through it while going */
+    if (run->env.device == LATHE_DEVICE_CUDA) /* before its plugin is closed */
+        lathe_backend_set(lathe_backend_cpu());
     lathe_registry_close(run->reg);
     lathe_config_free(run->cfg);
     free(run);

@@ -13,6 +13,7 @@ struct lathe_train_settings {
     double max_grad_norm;            /* 0: no clipping */
     int64_t eval_every, eval_batches;
     int eval_at_start;               /* evaluate once before the first step */
+    int save_final;                  /* export the model (or adapter) at the end */
     int64_t log_every, checkpoint_every, keep_checkpoints;
     int64_t patience;                /* evaluations without improvement; 0: off */
     double min_delta;

@@ -201,8 +201,10 @@ static lathe_tensor *lora_hook(void *self, struct lathe_linear *l, lathe_tensor 
     lathe_tensor *h = x;
     if (lo->dropout > 0.0)
         h = lathe_dropout(x, (float)lo->dropout, lathe_grad_enabled());
-    lathe_tensor *a = lathe_scale(lathe_linear(h, m->A, NULL), lo->scaling);
-    lathe_tensor *out = lathe_add(base, lathe_linear(a, m->B, NULL));
+    /* base + scaling · (h Aᵀ) Bᵀ, the rank-r product added into the base
+     * output's own buffer: no second activation of the layer's width */
+    lathe_tensor *a = lathe_linear(h, m->A, NULL);
+    lathe_tensor *out = lathe_linear_accumulate(base, a, m->B, (float)lo->scaling);
     if (!out && x && base)
         lathe_error_prefix(LATHE_EINVAL, "lora %s", l->name ? l->name : "?");
     return out;

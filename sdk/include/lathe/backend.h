@@ -30,7 +30,7 @@ struct lathe_backend_ops {
     int device;         /* enum lathe_device */
 
     /* ---- memory (all required) ---- */
-    /* Zeroed buffer of n bytes, or NULL. */
+    /* A buffer of n bytes (contents undefined), or NULL. */
     void *(*alloc)(size_t n);
     void (*free)(void *p);
     /* Host <-> device copies; to_device 1: host src -> device dst. */

@@ -33,6 +33,13 @@ lathe_tensor *lathe_matmul(lathe_tensor *a, lathe_tensor *b, int trans_b);
  * it is converted per call, never kept in f32. */
 lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias);
 
+/* y + scale · x[..., IC] · w[OC, IC]^T, written into y's own buffer (the
+ * result is a view of y): a low-rank update of a linear's output without a
+ * second [.., OC] activation (LoRA). y must be a tensor whose values no
+ * recorded backward reads — a lathe_linear output is such a tensor — and
+ * nothing may use y after this call except through the result. */
+lathe_tensor *lathe_linear_accumulate(lathe_tensor *y, lathe_tensor *x, lathe_tensor *w, float scale);
+
 /* ---- embedding ------------------------------------------------------- */
 
 /* out[..., C] = w[ids[...], :]; ids I32 in [0, V). */
