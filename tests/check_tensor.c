@@ -71,6 +71,58 @@ START_TEST(test_bf16_f16_conversion)
 }
 END_TEST
 
+START_TEST(test_fp8_conversion)
+{
+    /* every finite code decodes and encodes back to itself */
+    for (int c = 0; c < 256; c++) {
+        float a = lathe_f8e4m3_to_f32((uint8_t)c), b = lathe_f8e5m2_to_f32((uint8_t)c);
+        if (!isnan(a))
+            ck_assert_uint_eq(lathe_f32_to_f8e4m3(a), (unsigned)c);
+        if (!isnan(b))
+            ck_assert_uint_eq(lathe_f32_to_f8e5m2(b), (unsigned)c);
+    }
+    ck_assert_uint_eq(lathe_f32_to_f8e4m3(1.0f), 0x38);
+    ck_assert_uint_eq(lathe_f32_to_f8e5m2(1.0f), 0x3C);
+    ck_assert(lathe_f8e4m3_to_f32(0x7E) == 448.0f);
+    ck_assert(lathe_f8e5m2_to_f32(0x7B) == 57344.0f);
+    ck_assert(lathe_f8e4m3_to_f32(0x01) == 0x1p-9f); /* smallest subnormal */
+    ck_assert(isnan(lathe_f8e4m3_to_f32(0x7F)));
+    ck_assert(isinf(lathe_f8e5m2_to_f32(0x7C)));
+    /* ties to even: 1 + 1/16 lies halfway between 1 and 1.125 */
+    ck_assert_uint_eq(lathe_f32_to_f8e4m3(1.0625f), 0x38);
+    ck_assert_uint_eq(lathe_f32_to_f8e4m3(1.1875f), 0x3A);
+    /* past the range: E4M3 has no infinity */
+    ck_assert_uint_eq(lathe_f32_to_f8e4m3(1000.0f), 0x7F);
+    ck_assert_uint_eq(lathe_f32_to_f8e4m3(-1000.0f), 0xFF);
+    ck_assert_uint_eq(lathe_f32_to_f8e4m3(450.0f), 0x7E);
+    ck_assert_uint_eq(lathe_f32_to_f8e5m2(1e6f), 0x7C);
+    /* the rounding error is at most half a step */
+    lathe_rng r;
+    lathe_rng_seed(&r, 8);
+    for (int i = 0; i < 10000; i++) {
+        float x = (float)((lathe_rng_uniform(&r) * 2 - 1) * 400);
+        float y = lathe_f8e4m3_to_f32(lathe_f32_to_f8e4m3(x));
+        ck_assert(fabsf(y - x) <= fmaxf(fabsf(x) * 0x1p-4f, 0x1p-10f));
+    }
+    /* tensors convert through the same functions */
+    lathe_tensor *t = lathe_tensor_new1(LATHE_F32, 3);
+    lathe_tensor_f32(t)[0] = 0.5f;
+    lathe_tensor_f32(t)[1] = -3.0f;
+    lathe_tensor_f32(t)[2] = 240.0f;
+    lathe_tensor *q = lathe_tensor_to_dtype(t, LATHE_F8_E4M3);
+    lathe_tensor *back = lathe_tensor_to_dtype(q, LATHE_F32);
+    ck_assert_int_eq((int)lathe_tensor_nbytes(q), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert(lathe_tensor_f32(back)[i] == lathe_tensor_f32(t)[i]);
+    enum lathe_dtype d;
+    ck_assert_int_eq(lathe_dtype_parse("F8_E5M2", &d), LATHE_OK);
+    ck_assert_int_eq(d, LATHE_F8_E5M2);
+    lathe_tensor_free(t);
+    lathe_tensor_free(q);
+    lathe_tensor_free(back);
+}
+END_TEST
+
 START_TEST(test_to_dtype_and_copy)
 {
     lathe_tensor *t = lathe_tensor_new1(LATHE_F32, 5);
@@ -207,6 +259,8 @@ START_TEST(test_state_roundtrip)
     lathe_state *st = lathe_state_new();
     lathe_state_set_prefix(st, "model.");
     ck_assert_int_eq(lathe_state_put_tensor(st, "w", w), LATHE_OK);
+    lathe_tensor *w8 = lathe_tensor_to_dtype(w, LATHE_F8_E4M3); /* FP8 in safetensors */
+    ck_assert_int_eq(lathe_state_put_tensor(st, "w8", w8), LATHE_OK);
     lathe_state_set_prefix(st, "loop.");
     ck_assert_int_eq(lathe_state_put_i64(st, "step", 1234567890123LL), LATHE_OK);
     ck_assert_int_eq(lathe_state_put_i64(st, "neg", -5), LATHE_OK);
@@ -221,6 +275,12 @@ START_TEST(test_state_roundtrip)
     lathe_state_set_prefix(rd, "model.");
     ck_assert_int_eq(lathe_state_get_tensor(rd, "w", w2), LATHE_OK);
     ck_assert_mem_eq(w2->data, w->data, 24);
+    lathe_tensor *w8back = lathe_param_new("w8", 2, (int64_t[]){2, 3});
+    ck_assert_int_eq(lathe_state_get_tensor(rd, "w8", w8back), LATHE_OK);
+    for (int i = 0; i < 6; i++)
+        ck_assert(lathe_tensor_f32(w8back)[i] == lathe_f8e4m3_to_f32(((uint8_t *)w8->data)[i]));
+    lathe_tensor_free(w8back);
+    lathe_tensor_free(w8);
     lathe_tensor *bad = lathe_param_new("w", 1, (int64_t[]){6});
     ck_assert_int_eq(lathe_state_get_tensor(rd, "w", bad), LATHE_EINVAL);
     ck_assert_ptr_nonnull(strstr(lathe_errmsg(), "[2, 3]"));
@@ -329,6 +389,7 @@ static Suite *tensor_suite(void)
     tcase_add_test(core, test_new_and_shape);
     tcase_add_test(core, test_dtype_names);
     tcase_add_test(core, test_bf16_f16_conversion);
+    tcase_add_test(core, test_fp8_conversion);
     tcase_add_test(core, test_to_dtype_and_copy);
     tcase_add_test(core, test_scope_frees);
     tcase_add_test(core, test_backward_only_trainable);

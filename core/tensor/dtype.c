@@ -11,7 +11,7 @@ static const struct {
 } dtypes[LATHE_DTYPE_COUNT] = {
     [LATHE_F32] = {"F32", 4}, [LATHE_BF16] = {"BF16", 2}, [LATHE_F16] = {"F16", 2},
     [LATHE_I32] = {"I32", 4}, [LATHE_I64] = {"I64", 8},   [LATHE_U8] = {"U8", 1},
-    [LATHE_I8] = {"I8", 1},
+    [LATHE_I8] = {"I8", 1},         [LATHE_F8_E4M3] = {"F8_E4M3", 1}, [LATHE_F8_E5M2] = {"F8_E5M2", 1},
 };
 
 size_t lathe_dtype_size(enum lathe_dtype dt)
@@ -97,6 +97,81 @@ float lathe_f16_to_f32(uint16_t h)
     return f;
 }
 
+/* ---- FP8 (OCP 8-bit floating point, 2023) ---- */
+
+/* Decode a float with `mbits` mantissa bits and exponent bias `bias` from
+ * its fields; e = 0 is subnormal. */
+static float f8_value(int sign, int e, int m, int mbits, int bias)
+{
+    float v = e == 0 ? ldexpf((float)m, 1 - bias - mbits) : ldexpf((float)((1 << mbits) | m), e - bias - mbits);
+    return sign ? -v : v;
+}
+
+float lathe_f8e4m3_to_f32(uint8_t v)
+{
+    int s = v >> 7, e = (v >> 3) & 0xF, m = v & 0x7;
+    if (e == 0xF && m == 0x7)
+        return NAN;
+    return f8_value(s, e, m, 3, 7);
+}
+
+float lathe_f8e5m2_to_f32(uint8_t v)
+{
+    int s = v >> 7, e = (v >> 2) & 0x1F, m = v & 0x3;
+    if (e == 0x1F)
+        return m ? NAN : (s ? -INFINITY : INFINITY);
+    return f8_value(s, e, m, 2, 15);
+}
+
+/* Round |f| to the nearest representable code (ties to even) of a format
+ * with `mbits` mantissa bits, bias, and largest finite code `maxcode`
+ * (magnitude bits). Returns maxcode + 1 when |f| rounds beyond it. */
+static unsigned f8_round(float a, int mbits, int bias, unsigned maxcode)
+{
+    if (a == 0.0f)
+        return 0;
+    int ex;
+    frexpf(a, &ex); /* a = fr * 2^ex, fr in [0.5, 1) */
+    int e = ex - 1 + bias; /* biased exponent of a normal encoding */
+    if (e < 1)
+        e = 1; /* subnormals share the smallest normal's step */
+    float step = ldexpf(1.0f, e - bias - mbits);
+    float q = a / step;   /* exact: a power-of-two scale */
+    float r = nearbyintf(q); /* ties to even under the default rounding mode */
+    unsigned mant = (unsigned)r;
+    unsigned code;
+    if (ex - 1 + bias < 1) {
+        code = mant; /* subnormal (or rounds up into the smallest normal) */
+    } else {
+        if (mant >= (2u << mbits)) { /* rounded up to the next binade */
+            mant >>= 1;
+            e++;
+        }
+        code = ((unsigned)e << mbits) | (mant & ((1u << mbits) - 1));
+    }
+    return code > maxcode ? maxcode + 1 : code;
+}
+
+uint8_t lathe_f32_to_f8e4m3(float f)
+{
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    if (isnan(f) || isinf(f))
+        return sign | 0x7F;
+    unsigned c = f8_round(fabsf(f), 3, 7, 0x7E); /* 0x7E = 448 */
+    return sign | (uint8_t)(c > 0x7E ? 0x7F : c);
+}
+
+uint8_t lathe_f32_to_f8e5m2(float f)
+{
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    if (isnan(f))
+        return sign | 0x7F;
+    if (isinf(f))
+        return sign | 0x7C;
+    unsigned c = f8_round(fabsf(f), 2, 15, 0x7B); /* 0x7B = 57344 */
+    return sign | (uint8_t)(c > 0x7B ? 0x7C : c);
+}
+
 void lathe_convert_to_f32(float *dst, const void *src, enum lathe_dtype src_dt, size_t n)
 {
     switch (src_dt) {
@@ -119,6 +194,8 @@ void lathe_convert_to_f32(float *dst, const void *src, enum lathe_dtype src_dt, 
     case LATHE_I64: for (size_t i = 0; i < n; i++) dst[i] = (float)((const int64_t *)src)[i]; break;
     case LATHE_U8: for (size_t i = 0; i < n; i++) dst[i] = (float)((const uint8_t *)src)[i]; break;
     case LATHE_I8: for (size_t i = 0; i < n; i++) dst[i] = (float)((const int8_t *)src)[i]; break;
+    case LATHE_F8_E4M3: for (size_t i = 0; i < n; i++) dst[i] = lathe_f8e4m3_to_f32(((const uint8_t *)src)[i]); break;
+    case LATHE_F8_E5M2: for (size_t i = 0; i < n; i++) dst[i] = lathe_f8e5m2_to_f32(((const uint8_t *)src)[i]); break;
     default: break;
     }
 }
@@ -145,6 +222,8 @@ void lathe_convert_from_f32(void *dst, enum lathe_dtype dst_dt, const float *src
     case LATHE_I64: for (size_t i = 0; i < n; i++) ((int64_t *)dst)[i] = (int64_t)llrintf(src[i]); break;
     case LATHE_U8: for (size_t i = 0; i < n; i++) ((uint8_t *)dst)[i] = (uint8_t)lrintf(src[i]); break;
     case LATHE_I8: for (size_t i = 0; i < n; i++) ((int8_t *)dst)[i] = (int8_t)lrintf(src[i]); break;
+    case LATHE_F8_E4M3: for (size_t i = 0; i < n; i++) ((uint8_t *)dst)[i] = lathe_f32_to_f8e4m3(src[i]); break;
+    case LATHE_F8_E5M2: for (size_t i = 0; i < n; i++) ((uint8_t *)dst)[i] = lathe_f32_to_f8e5m2(src[i]); break;
     default: break;
     }
 }

@@ -73,8 +73,9 @@ static int report_pending(void)
     if (!g_err)
         return LATHE_OK;
     g_err = 0;
-    return lathe_error(LATHE_ECUDA, "%s; the CUDA backend recorded this failure in an earlier kernel call "
-                                    "(set CUDA_LAUNCH_BLOCKING=1 to pin it to its call)",
+    /* slots return void, so this may be an earlier call's failure */
+    return lathe_error(LATHE_ECUDA, "%s (reported by the next copy; CUDA_LAUNCH_BLOCKING=1 ties a kernel fault "
+                                    "to its launch)",
                        g_errmsg);
 }
 

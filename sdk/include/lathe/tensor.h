@@ -35,6 +35,10 @@ enum lathe_dtype {
     LATHE_I64,
     LATHE_U8,
     LATHE_I8,
+    /* ABI 1.1: 8-bit floats (OCP FP8, as torch.float8_e4m3fn / e5m2),
+     * storage only, e.g. DeepSeek-V3's released weights */
+    LATHE_F8_E4M3,
+    LATHE_F8_E5M2,
     LATHE_DTYPE_COUNT
 };
 
@@ -68,7 +72,8 @@ struct lathe_tensor {
 };
 
 size_t lathe_dtype_size(enum lathe_dtype dt);
-/* "F32", "BF16", "F16", "I32", "I64", "U8", "I8" (the safetensors names). */
+/* "F32", "BF16", "F16", "I32", "I64", "U8", "I8", "F8_E4M3", "F8_E5M2"
+ * (the safetensors names). */
 const char *lathe_dtype_name(enum lathe_dtype dt);
 /* Parse a safetensors dtype name; returns LATHE_EINVAL if unknown. */
 int lathe_dtype_parse(const char *name, enum lathe_dtype *out);
@@ -113,7 +118,15 @@ uint16_t lathe_f32_to_bf16(float f);
 float lathe_bf16_to_f32(uint16_t h);
 uint16_t lathe_f32_to_f16(float f);
 float lathe_f16_to_f32(uint16_t h);
-/* Bulk conversions between f32 and a storage dtype (bf16/f16/f32). */
+/* FP8 (OCP): E4M3 "fn" has no infinities, its one NaN code per sign is
+ * 0x7F/0xFF and its largest value 448; E5M2 follows IEEE (max 57344, inf).
+ * From f32: round to nearest even; beyond the range E4M3 gives NaN and
+ * E5M2 infinity (torch's casts do the same). */
+uint8_t lathe_f32_to_f8e4m3(float f);
+float lathe_f8e4m3_to_f32(uint8_t v);
+uint8_t lathe_f32_to_f8e5m2(float f);
+float lathe_f8e5m2_to_f32(uint8_t v);
+/* Bulk conversions between f32 and a storage dtype (bf16/f16/f8/f32). */
 void lathe_convert_to_f32(float *dst, const void *src, enum lathe_dtype src_dt, size_t n);
 void lathe_convert_from_f32(void *dst, enum lathe_dtype dst_dt, const float *src, size_t n);
 
