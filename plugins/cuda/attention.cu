@@ -72,7 +72,7 @@ extern "C" void lathe_cuda_rope_backward(float *dx, const float *dout, const int
 
 /* ---- flash forward ---- */
 
-#define FA_ROWS 8  /* query rows per block, one per warp */
+#define FA_ROWS 16 /* query rows per block, one per warp */
 #define FA_KEYS 32 /* keys per shared-memory tile, one per lane */
 #define FA_MAX_D 256
 
