@@ -186,7 +186,7 @@ static int gpt2_read_config(struct gpt2 *m, lathe_section *cfg, const struct lat
     double dropout, eps;
     const char *pre;
     int rc, dt;
-    if ((rc = lathe_cfg_string(cfg, "pretrained", "", &pre)) ||
+    if ((rc = lathe_cfg_path(cfg, "pretrained", "", &pre)) ||
         (rc = lathe_cfg_choice(cfg, "save_dtype", "float32", dtypes, &dt)) ||
         (rc = lathe_cfg_bytes(cfg, "max_shard_size", "5G", &m->max_shard)))
         return rc;
@@ -224,20 +224,6 @@ static int gpt2_read_config(struct gpt2 *m, lathe_section *cfg, const struct lat
     return LATHE_OK;
 }
 
-/* `path` as given, or relative to the directory of the INI file. */
-static char *gpt2_resolve(const char *path, const struct lathe_env *env)
-{
-    const char *ini = env && env->config ? lathe_config_path(env->config) : NULL;
-    const char *slash = ini ? strrchr(ini, '/') : NULL;
-    size_t dirlen = (path[0] != '/' && slash) ? (size_t)(slash - ini) + 1 : 0;
-    char *out = malloc(dirlen + strlen(path) + 1);
-    if (!out)
-        return NULL;
-    memcpy(out, ini ? ini : "", dirlen);
-    strcpy(out + dirlen, path);
-    return out;
-}
-
 static int gpt2_json_int(const char *file, json_t *root, const char *key, int64_t def, int64_t *out)
 {
     json_t *v = json_object_get(root, key);
@@ -272,7 +258,7 @@ static int gpt2_read_pretrained(struct gpt2 *m, lathe_section *cfg, const struct
     if (first)
         return lathe_cfg_error(cfg, first, "pretrained = %s takes the model's size from its config.json; "
                                "remove %s", pre, given);
-    if (!(m->dir = gpt2_resolve(pre, env)))
+    if (!(m->dir = strdup(pre)))
         return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
     char file[4200];
     snprintf(file, sizeof file, "%s/config.json", m->dir);

@@ -76,24 +76,6 @@ static void chat_destroy(void *self)
     free(d);
 }
 
-/* `path` as given when absolute, else relative to the INI file's directory
- * (falling back to the path as given when only that exists). */
-static char *resolve(const char *path, const struct lathe_env *env)
-{
-    const char *ini = env->config ? lathe_config_path(env->config) : NULL;
-    const char *slash = ini ? strrchr(ini, '/') : NULL;
-    size_t dirlen = (path[0] != '/' && slash) ? (size_t)(slash - ini) + 1 : 0;
-    char *out = malloc(dirlen + strlen(path) + 1);
-    if (!out)
-        return NULL;
-    memcpy(out, ini ? ini : "", dirlen);
-    strcpy(out + dirlen, path);
-    struct stat sb;
-    if (dirlen && stat(out, &sb) != 0 && stat(path, &sb) == 0)
-        strcpy(out, path);
-    return out;
-}
-
 static char *read_all(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -258,14 +240,14 @@ static int chat_create(lathe_section *cfg, const struct lathe_env *env, void **s
     int64_t L;
     double eval_fraction;
     int rc;
-    if ((rc = lathe_cfg_string(cfg, "path", NULL, &path)) ||
+    if ((rc = lathe_cfg_path(cfg, "path", NULL, &path)) ||
         (rc = lathe_cfg_choice(cfg, "template", "auto", templates, &tpl)) ||
         (rc = lathe_cfg_int(cfg, "max_length", 1024, 2, INT32_MAX, &L)) ||
         (rc = lathe_cfg_bool(cfg, "train_on_inputs", 0, &train_on_inputs)) ||
         (rc = lathe_cfg_bool(cfg, "packing", 0, &packing)) ||
         (rc = lathe_cfg_bool(cfg, "shuffle", 1, &shuffle)) ||
         (rc = lathe_cfg_float(cfg, "eval_fraction", 0.05, 0.0, 0.5, &eval_fraction)) ||
-        (rc = lathe_cfg_string(cfg, "eval_path", "", &eval_path)) ||
+        (rc = lathe_cfg_path(cfg, "eval_path", "", &eval_path)) ||
         (rc = lathe_cfg_choice(cfg, "on_bad_line", "error", bad_modes, &bad_mode)))
         return rc;
     if (!path[0])
@@ -273,11 +255,11 @@ static int chat_create(lathe_section *cfg, const struct lathe_env *env, void **s
     if (eval_path[0] && lathe_section_has(cfg, "eval_fraction"))
         return lathe_cfg_error(cfg, "eval_path", "set eval_path or eval_fraction, not both");
     if (lathe_section_has(cfg, "tokenizer")) {
-        if ((rc = lathe_cfg_string(cfg, "tokenizer", NULL, &tok)))
+        if ((rc = lathe_cfg_path(cfg, "tokenizer", NULL, &tok)))
             return rc;
     } else if (env->config && lathe_config_has_section(env->config, "model")) {
         /* the model's own directory holds its tokenizer */
-        if ((rc = lathe_cfg_string(lathe_config_section(env->config, "model"), "pretrained", "", &tok)))
+        if ((rc = lathe_cfg_path(lathe_config_section(env->config, "model"), "pretrained", "", &tok)))
             return rc;
     }
     if (!tok || !tok[0])
@@ -286,8 +268,8 @@ static int chat_create(lathe_section *cfg, const struct lathe_env *env, void **s
 
     struct chat *d = calloc(1, sizeof *d);
     char *tkpath = NULL;
-    if (!d || !(d->path = resolve(path, env)) || !(tkpath = resolve(tok, env)) ||
-        (eval_path[0] && !(d->eval_path = resolve(eval_path, env)))) {
+    if (!d || !(d->path = strdup(path)) || !(tkpath = strdup(tok)) ||
+        (eval_path[0] && !(d->eval_path = strdup(eval_path)))) {
         free(tkpath);
         chat_destroy(d);
         return lathe_error(LATHE_ENOMEM, "jsonl-chat: out of memory");

@@ -414,20 +414,6 @@ static int llama_load(struct llama *m)
     return rc;
 }
 
-/* `path` as given, or relative to the directory of the INI file. */
-static char *llama_resolve(const char *path, const struct lathe_env *env)
-{
-    const char *ini = env && env->config ? lathe_config_path(env->config) : NULL;
-    const char *slash = ini ? strrchr(ini, '/') : NULL;
-    size_t dirlen = (path[0] != '/' && slash) ? (size_t)(slash - ini) + 1 : 0;
-    char *out = malloc(dirlen + strlen(path) + 1);
-    if (!out)
-        return NULL;
-    memcpy(out, ini ? ini : "", dirlen);
-    strcpy(out + dirlen, path);
-    return out;
-}
-
 static int llama_create(lathe_section *cfg, const struct lathe_env *env, void **self)
 {
     *self = NULL;
@@ -436,12 +422,12 @@ static int llama_create(lathe_section *cfg, const struct lathe_env *env, void **
     const char *pre;
     int dt, rc;
     uint64_t shard;
-    if ((rc = lathe_cfg_string(cfg, "pretrained", NULL, &pre)) ||
+    if ((rc = lathe_cfg_path(cfg, "pretrained", NULL, &pre)) ||
         (rc = lathe_cfg_choice(cfg, "save_dtype", "float32", dtypes, &dt)) ||
         (rc = lathe_cfg_bytes(cfg, "max_shard_size", "5G", &shard)))
         return rc;
     struct llama *m = calloc(1, sizeof *m);
-    if (!m || !(m->dir = llama_resolve(pre, env))) {
+    if (!m || !(m->dir = strdup(pre))) {
         free(m);
         return lathe_error(LATHE_ENOMEM, "llama: out of memory");
     }

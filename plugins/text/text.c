@@ -52,20 +52,6 @@ static void text_destroy(void *self)
     free(d);
 }
 
-/* `path` as given, or relative to the directory of the INI file. */
-static char *text_resolve(const char *path, const struct lathe_env *env)
-{
-    const char *ini = env->config ? lathe_config_path(env->config) : NULL;
-    const char *slash = ini ? strrchr(ini, '/') : NULL;
-    size_t dirlen = (path[0] != '/' && slash) ? (size_t)(slash - ini) + 1 : 0;
-    char *out = malloc(dirlen + strlen(path) + 1);
-    if (!out)
-        return NULL;
-    memcpy(out, ini ? ini : "", dirlen);
-    strcpy(out + dirlen, path);
-    return out;
-}
-
 static int text_map(struct text *d)
 {
     int fd = open(d->path, O_RDONLY);
@@ -99,7 +85,7 @@ static int text_create(lathe_section *cfg, const struct lathe_env *env, void **s
     double eval_fraction;
     int shuffle;
     int rc;
-    if ((rc = lathe_cfg_string(cfg, "path", NULL, &path)) ||
+    if ((rc = lathe_cfg_path(cfg, "path", NULL, &path)) ||
         (rc = lathe_cfg_int(cfg, "seq_len", 64, 1, INT32_MAX, &T)) ||
         (rc = lathe_cfg_float(cfg, "eval_fraction", 0.1, 0.0, 0.5, &eval_fraction)) ||
         (rc = lathe_cfg_bool(cfg, "shuffle", 1, &shuffle)))
@@ -108,7 +94,7 @@ static int text_create(lathe_section *cfg, const struct lathe_env *env, void **s
         return lathe_cfg_error(cfg, "path", "path is empty; name the text file to train on");
 
     struct text *d = calloc(1, sizeof *d);
-    if (!d || !(d->path = text_resolve(path, env))) {
+    if (!d || !(d->path = strdup(path))) {
         free(d);
         return lathe_error(LATHE_ENOMEM, "text: out of memory");
     }
