@@ -667,3 +667,47 @@ out:
     json_decref(map);
     return rc;
 }
+
+/* ---- files that travel with the weights -------------------------------- */
+
+static int copy_one(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb");
+    if (!in)
+        return errno == ENOENT ? LATHE_OK : lathe_error(LATHE_EIO, "cannot read %s: %s", from, strerror(errno));
+    char tmp[4400];
+    snprintf(tmp, sizeof tmp, "%s.tmp", to);
+    FILE *out = fopen(tmp, "wb");
+    int rc = LATHE_OK;
+    if (!out) {
+        rc = lathe_error(LATHE_EIO, "cannot create %s: %s", tmp, strerror(errno));
+    } else {
+        char buf[65536];
+        size_t k;
+        int bad = 0;
+        while (!bad && (k = fread(buf, 1, sizeof buf, in)) > 0)
+            bad = fwrite(buf, 1, k, out) != k;
+        if (bad || ferror(in) || fclose(out) != 0 || rename(tmp, to) != 0) {
+            rc = lathe_error(LATHE_EIO, "cannot copy %s to %s: %s", from, to, strerror(errno));
+            unlink(tmp);
+        }
+    }
+    fclose(in);
+    return rc;
+}
+
+LATHE_EXPORT int lathe_weights_copy_side_files(const char *src_dir, const char *dst_dir)
+{
+    static const char *const files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                        "special_tokens_map.json", "chat_template.jinja", "vocab.json",
+                                        "merges.txt", NULL};
+    char a[4200], b[4200];
+    int rc = LATHE_OK;
+    for (const char *const *f = files; *f && rc == LATHE_OK; f++) {
+        snprintf(a, sizeof a, "%s/%s", src_dir, *f);
+        snprintf(b, sizeof b, "%s/%s", dst_dir, *f);
+        if (strcmp(a, b) != 0)
+            rc = copy_one(a, b);
+    }
+    return rc;
+}

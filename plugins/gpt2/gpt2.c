@@ -639,32 +639,6 @@ static lathe_tensor *gpt2_forward_cached(void *self, void *cache, const struct l
 
 /* ---- save: the Hugging Face layout ---- */
 
-static int gpt2_copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    if (!in)
-        return errno == ENOENT ? LATHE_OK : lathe_error(LATHE_EIO, "cannot read %s: %s", from, strerror(errno));
-    char tmp[4400];
-    snprintf(tmp, sizeof tmp, "%s.tmp", to);
-    FILE *out = fopen(tmp, "wb");
-    int rc = LATHE_OK;
-    if (!out) {
-        rc = lathe_error(LATHE_EIO, "cannot create %s: %s", tmp, strerror(errno));
-    } else {
-        char buf[65536];
-        size_t k;
-        while ((k = fread(buf, 1, sizeof buf, in)) > 0)
-            if (fwrite(buf, 1, k, out) != k)
-                break;
-        if (ferror(in) || fclose(out) != 0 || rename(tmp, to) != 0) {
-            rc = lathe_error(LATHE_EIO, "cannot copy %s to %s: %s", from, to, strerror(errno));
-            unlink(tmp);
-        }
-    }
-    fclose(in);
-    return rc;
-}
-
 /* config.json of a model made from INI keys (transformers' GPT2Config). */
 static json_t *gpt2_new_config(const struct gpt2 *m)
 {
@@ -715,14 +689,9 @@ static int gpt2_save(void *self, const char *dir)
     else if (json_dump_file(cfg, from, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(from, path) != 0)
         rc = lathe_error(LATHE_EIO, "cannot write %s: %s", path, strerror(errno));
     json_decref(cfg);
-    static const char *const extra[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                                        "special_tokens_map.json", "vocab.json", "merges.txt", NULL};
-    for (const char *const *f = extra; *f && !rc && m->dir; f++) {
-        snprintf(from, sizeof from, "%s/%s", m->dir, *f);
-        snprintf(path, sizeof path, "%s/%s", dir, *f);
-        if (strcmp(from, path) != 0)
-            rc = gpt2_copy_file(from, path);
-    }
+    /* the tokenizer travels with the model, so the directory is complete */
+    if (!rc && m->dir)
+        rc = lathe_weights_copy_side_files(m->dir, dir);
     return rc;
 }
 

@@ -50,6 +50,13 @@ const char *lathe_weights_unused(const lathe_weights *w, const char *const *igno
 int lathe_weights_write(const char *dir, const char *const *names, lathe_tensor *const *tensors,
                         const uint8_t *transposed, size_t n, enum lathe_dtype dtype, uint64_t max_shard_bytes);
 
+/* Copy the files that travel with a model's weights (tokenizer.json,
+ * tokenizer_config.json, generation_config.json, special_tokens_map.json,
+ * chat_template.jinja, GPT-2's vocab.json and merges.txt) from src_dir to dst_dir, each through a temporary
+ * name; a file src_dir lacks is skipped, and nothing is done when the two
+ * directories are the same. */
+int lathe_weights_copy_side_files(const char *src_dir, const char *dst_dir);
+
 #ifdef __cplusplus
 }
 #endif
