@@ -107,9 +107,12 @@ static int strategy_keeps_optim(const struct lathe_run *run)
 static int put_components(struct lathe_run *run, lathe_state *st, const struct lathe_loop_state *ls)
 {
     int rc = LATHE_OK;
+    /* frozen parameters (a PEFT run's base) never change: the model makes
+     * them again from its [model] section, so they stay out of checkpoints */
     lathe_state_set_prefix(st, "model.");
     for (size_t i = 0; rc == LATHE_OK && i < run->nparams; i++)
-        rc = lathe_state_put_tensor(st, run->params[i]->name, run->params[i]);
+        if (run->params[i]->requires_grad)
+            rc = lathe_state_put_tensor(st, run->params[i]->name, run->params[i]);
     if (run->peft.ops && rc == LATHE_OK) {
         lathe_tensor *const *p;
         size_t n;
@@ -224,7 +227,8 @@ static int get_components(struct lathe_run *run, lathe_state *st, struct lathe_l
     int rc = LATHE_OK;
     lathe_state_set_prefix(st, "model.");
     for (size_t i = 0; rc == LATHE_OK && i < run->nparams; i++)
-        rc = lathe_state_get_tensor(st, run->params[i]->name, run->params[i]);
+        if (run->params[i]->requires_grad)
+            rc = lathe_state_get_tensor(st, run->params[i]->name, run->params[i]);
     if (run->peft.ops && rc == LATHE_OK) {
         lathe_tensor *const *p;
         size_t n;
