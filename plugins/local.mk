@@ -126,3 +126,20 @@ plugins_lathe_cuda_la_LDFLAGS = $(PLUGIN_LDFLAGS) -R$(CUDA_DIR)/lib64 -Wl,-z,nod
 plugins_lathe_cuda_la_LIBADD = $(CUDA_SOURCES:.cu=.lo) $(PLUGIN_LIBADD) -L$(CUDA_DIR)/lib64 -lcublas -lcudart -lstdc++
 $(CUDA_SOURCES:.cu=.lo): plugins/cuda/common.h plugins/cuda/kernels.h
 endif
+
+# The NCCL communicator (plugins/nccl), where configure found CUDA, NCCL and
+# MPI (NCCL's unique id travels over MPI). Plain C: it calls the CUDA runtime
+# and NCCL but has no kernels, and it is built without LATHE_BUILD_CUDA (its
+# ops take opaque pointers and ask nothing of the host's build; see the
+# file comment).
+EXTRA_DIST += plugins/nccl/nccl.c
+if HAVE_NCCL
+if HAVE_MPI
+plugin_LTLIBRARIES += plugins/lathe-nccl.la
+plugins_lathe_nccl_la_SOURCES = plugins/nccl/nccl.c
+plugins_lathe_nccl_la_CFLAGS = $(PLUGIN_CFLAGS) $(MPI_CFLAGS) -I$(CUDA_DIR)/include
+# nodelete: the CUDA runtime must not be unmapped while its context lives
+plugins_lathe_nccl_la_LDFLAGS = $(PLUGIN_LDFLAGS) -R$(CUDA_DIR)/lib64 -Wl,-z,nodelete
+plugins_lathe_nccl_la_LIBADD = $(PLUGIN_LIBADD) $(MPI_LIBS) -L$(CUDA_DIR)/lib64 -lnccl -lcudart
+endif
+endif

@@ -127,3 +127,12 @@ TESTS += tests/check_cuda
 tests_check_cuda_SOURCES = tests/check_cuda.c tests/testutil.h
 tests_check_cuda_CFLAGS = $(TEST_CFLAGS)
 tests_check_cuda_LDADD = $(TEST_LDADD) -ldl
+
+# The nccl communicator on device buffers (skips without the plugin or a GPU;
+# re-runs itself under mpirun -np 2 where two GPUs are visible; never links
+# CUDA itself).
+check_PROGRAMS += tests/check_nccl
+TESTS += tests/check_nccl
+tests_check_nccl_SOURCES = tests/check_nccl.c tests/testutil.h
+tests_check_nccl_CFLAGS = $(TEST_CFLAGS) -DLATHE_MPIRUN='"$(MPIRUN)"'
+tests_check_nccl_LDADD = $(TEST_LDADD) -ldl
