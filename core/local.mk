@@ -20,7 +20,7 @@ core_liblathe_la_SOURCES = \
 	core/text/tokenizer.c core/text/bpe.c core/text/pretok.c core/text/tokenizer_internal.h \
 	core/text/chat.c \
 	core/io/weights.c core/io/gguf.c core/io/gguf.h core/io/dequant.c \
-	core/gen/generate.c core/gen/generate.h core/ops/attention_cached.c core/ops/unary.c
+	core/gen/generate.c core/gen/generate.h core/gen/kvcache.c core/ops/attention_cached.c core/ops/unary.c
 core_liblathe_la_CFLAGS = $(AM_CFLAGS) $(INIH_CFLAGS) $(JANSSON_CFLAGS) $(PCRE2_CFLAGS)
 core_liblathe_la_LIBADD = $(INIH_LIBS) $(JANSSON_LIBS) $(PCRE2_LIBS) $(UNISTRING_LIBS) $(BLAS_LIBS) $(OPENMP_CFLAGS) -lm
 core_liblathe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^lathe_'

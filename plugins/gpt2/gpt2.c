@@ -68,13 +68,6 @@ struct gpt2 {
     uint64_t max_shard;
 };
 
-/* Key/value cache of incremental decoding (ABI 1.1). */
-struct gpt2_cache {
-    int64_t B, max_len, len;
-    lathe_tensor **k, **v;        /* per layer [B, max_len, H, D] */
-    lathe_tensor *seg;            /* I32 [B, max_len] */
-};
-
 static void gpt2_destroy(void *self)
 {
     struct gpt2 *m = self;
@@ -488,7 +481,7 @@ static lathe_tensor *gpt2_positions(int64_t start, int64_t T)
  * to layer l's cache and q attends over all of it. */
 static lathe_tensor *gpt2_attention(struct gpt2 *m, struct gpt2_block *b, lathe_tensor *x,
                                     lathe_tensor *segments, int train, int64_t B, int64_t T,
-                                    struct gpt2_cache *c, int64_t l)
+                                    struct lathe_kv_cache *c, int64_t l)
 {
     const int64_t C = m->C, H = m->H, D = C / H;
     lathe_tensor *h = lathe_layernorm(x, b->ln1_w, b->ln1_b, m->eps);
@@ -505,9 +498,7 @@ static lathe_tensor *gpt2_attention(struct gpt2 *m, struct gpt2_block *b, lathe_
     lathe_tensor *v = lathe_reshape(parts[2], 4, heads);
     lathe_tensor *y;
     if (c) {
-        if (!k || !v || lathe_write_rows(c->k[l], k, c->len) || lathe_write_rows(c->v[l], v, c->len))
-            return NULL;
-        y = lathe_sdpa_cached(q, c->k[l], c->v[l], c->len + T, c->seg, 0.0f);
+        y = lathe_kv_cache_attend(c, l, q, k, v);
     } else {
         y = lathe_sdpa(q, k, v, segments, 0.0f); /* [B,T,H,D] */
     }
@@ -526,7 +517,7 @@ static lathe_tensor *gpt2_mlp(struct gpt2 *m, struct gpt2_block *b, lathe_tensor
 }
 
 static lathe_tensor *gpt2_run(struct gpt2 *m, const struct lathe_batch *batch, int train,
-                              struct gpt2_cache *c)
+                              struct lathe_kv_cache *c)
 {
     lathe_tensor *ids = batch->input_ids; /* [B,T] */
     char s[64];
@@ -536,12 +527,6 @@ static lathe_tensor *gpt2_run(struct gpt2 *m, const struct lathe_batch *batch, i
         return NULL;
     }
     const int64_t B = ids->shape[0], T = ids->shape[1];
-    if (c && (B != c->B || c->len + T > c->max_len)) {
-        lathe_error(LATHE_EINVAL, "gpt2: %lld rows of %lld tokens after %lld do not fit the cache of %lld rows "
-                    "and max_len %lld", (long long)B, (long long)T, (long long)c->len, (long long)c->B,
-                    (long long)c->max_len);
-        return NULL;
-    }
     if (T > m->P) {
         lathe_error(LATHE_EINVAL, "gpt2: sequence length T = %lld exceeds the model's context "
                     "%lld; shorten [data] seq_len or raise [model] context",
@@ -549,11 +534,8 @@ static lathe_tensor *gpt2_run(struct gpt2 *m, const struct lathe_batch *batch, i
         return NULL;
     }
     lathe_tensor *pos = batch->positions ? batch->positions : gpt2_positions(c ? c->len : 0, T);
-    if (c) {
-        lathe_tensor *kseg = batch->segments ? batch->segments : lathe_tensor_new2(LATHE_I32, B, T);
-        if (!kseg || lathe_write_rows(c->seg, kseg, c->len))
-            return NULL;
-    }
+    if (c && lathe_kv_cache_begin(c, batch) != LATHE_OK)
+        return NULL;
     /* x [B,T,C] = wte[ids] + wpe[pos] (pos [T] broadcasts over B) */
     lathe_tensor *x = lathe_add(lathe_embedding(m->wte, ids), lathe_embedding(m->wpe, pos));
     x = lathe_dropout(x, m->dropout, train);
@@ -577,54 +559,23 @@ static lathe_tensor *gpt2_forward(void *self, const struct lathe_batch *batch, i
 
 static void gpt2_cache_free(void *self, void *cache)
 {
-    struct gpt2 *m = self;
-    struct gpt2_cache *c = cache;
-    if (!c)
-        return;
-    for (int64_t l = 0; l < m->L; l++) {
-        if (c->k)
-            lathe_tensor_free(c->k[l]);
-        if (c->v)
-            lathe_tensor_free(c->v[l]);
-    }
-    lathe_tensor_free(c->seg);
-    free(c->k);
-    free(c->v);
-    free(c);
+    (void)self;
+    lathe_kv_cache_free(cache);
 }
 
-/* The tensors are made in the caller's scope if one is open (then the cache
- * must not outlive it), else they are owned by the cache. */
 static int gpt2_cache_new(void *self, int64_t B, int64_t max_len, void **cache)
 {
     struct gpt2 *m = self;
     *cache = NULL;
-    if (B <= 0 || max_len <= 0 || max_len > m->P)
-        return lathe_error(LATHE_EINVAL, "gpt2: a cache needs B > 0 and 0 < max_len <= the context %lld (got "
-                           "%lld, %lld)", (long long)m->P, (long long)B, (long long)max_len);
-    struct gpt2_cache *c = calloc(1, sizeof *c);
-    if (!c)
-        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
-    c->B = B;
-    c->max_len = max_len;
-    c->k = calloc((size_t)m->L, sizeof *c->k);
-    c->v = calloc((size_t)m->L, sizeof *c->v);
-    int ok = c->k && c->v && (c->seg = lathe_tensor_new_owned(LATHE_I32, 2, (int64_t[]){B, max_len}));
-    for (int64_t l = 0; l < m->L && ok; l++)
-        ok = (c->k[l] = lathe_tensor_new_owned(LATHE_F32, 4, (int64_t[]){B, max_len, m->H, m->C / m->H})) &&
-             (c->v[l] = lathe_tensor_new_owned(LATHE_F32, 4, (int64_t[]){B, max_len, m->H, m->C / m->H}));
-    if (!ok) {
-        gpt2_cache_free(m, c);
-        return lathe_error(LATHE_ENOMEM, "gpt2: out of memory for a cache of %lld x %lld tokens", (long long)B,
-                           (long long)max_len);
-    }
-    *cache = c;
-    return LATHE_OK;
+    if (max_len > m->P)
+        return lathe_error(LATHE_EINVAL, "gpt2: a cache of max_len %lld exceeds the context %lld", (long long)max_len,
+                           (long long)m->P);
+    return lathe_kv_cache_new(m->L, B, max_len, m->H, m->C / m->H, (struct lathe_kv_cache **)cache);
 }
 
 static lathe_tensor *gpt2_forward_cached(void *self, void *cache, const struct lathe_batch *batch)
 {
-    struct gpt2_cache *c = cache;
+    struct lathe_kv_cache *c = cache;
     if (!c) {
         lathe_error(LATHE_EINVAL, "gpt2: forward_cached needs a cache from cache_new");
         return NULL;
@@ -633,7 +584,7 @@ static lathe_tensor *gpt2_forward_cached(void *self, void *cache, const struct l
     lathe_tensor *logits = gpt2_run(self, batch, 0, c);
     lathe_no_grad_end();
     if (logits)
-        c->len += batch->input_ids->shape[1];
+        lathe_kv_cache_commit(c, batch->input_ids->shape[1]);
     return logits;
 }
 

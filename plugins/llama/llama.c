@@ -66,12 +66,6 @@ struct llama {
     uint64_t max_shard;
 };
 
-struct llama_cache {
-    int64_t B, max_len, len;
-    lathe_tensor **k, **v;        /* per layer [B, max_len, Hkv, D] */
-    lathe_tensor *seg;            /* I32 [B, max_len] */
-};
-
 static void llama_destroy(void *self)
 {
     struct llama *m = self;
@@ -519,7 +513,7 @@ static lathe_tensor *llama_positions(int64_t start, int64_t T)
 
 /* logits [B, T, V] of the batch; with a cache, its tokens follow what the
  * cache holds and their keys and values are appended. */
-static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch, struct llama_cache *c)
+static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch, struct lathe_kv_cache *c)
 {
     lathe_tensor *ids = batch->input_ids;
     char s[64];
@@ -530,12 +524,8 @@ static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch,
     }
     const int64_t B = ids->shape[0], T = ids->shape[1], H = m->H, Hkv = m->Hkv, D = m->D;
     const int64_t start = c ? c->len : 0;
-    if (c && (B != c->B || start + T > c->max_len)) {
-        lathe_error(LATHE_EINVAL, "llama: %lld rows of %lld tokens after %lld do not fit the cache of %lld rows "
-                    "and max_len %lld", (long long)B, (long long)T, (long long)start, (long long)c->B,
-                    (long long)c->max_len);
+    if (c && lathe_kv_cache_begin(c, batch) != LATHE_OK)
         return NULL;
-    }
     if (m->window > 0 && start + T > m->window) {
         lathe_error(LATHE_EUNSUPPORTED, "llama: %lld tokens exceed the sliding_window of %lld in %s/config.json; "
                     "attention beyond the window is not supported, use shorter sequences",
@@ -547,11 +537,6 @@ static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch,
     if (!pos || !inv)
         return NULL;
     lathe_tensor *seg = batch->segments;
-    if (c) {
-        lathe_tensor *kseg = seg ? seg : lathe_tensor_new2(LATHE_I32, B, T); /* zeros: one segment */
-        if (!kseg || lathe_write_rows(c->seg, kseg, start))
-            return NULL;
-    }
     const int64_t qshape[4] = {B, T, H, D}, kvshape[4] = {B, T, Hkv, D}, flat[3] = {B, T, H * D};
     lathe_tensor *x = lathe_embedding(m->embed, ids); /* [B,T,C] */
     for (int64_t l = 0; l < m->L && x; l++) {
@@ -564,9 +549,7 @@ static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch,
         k = lathe_rope(k, pos, inv);
         lathe_tensor *a;
         if (c) {
-            if (!q || !k || !v || lathe_write_rows(c->k[l], k, start) || lathe_write_rows(c->v[l], v, start))
-                return NULL;
-            a = lathe_sdpa_cached(q, c->k[l], c->v[l], start + T, c->seg, 0.0f);
+            a = lathe_kv_cache_attend(c, l, q, k, v);
         } else {
             a = lathe_sdpa(q, k, v, seg, 0.0f); /* [B,T,H,D] */
         }
@@ -592,56 +575,23 @@ static lathe_tensor *llama_forward(void *self, const struct lathe_batch *batch, 
 
 static void llama_cache_free(void *self, void *cache)
 {
-    struct llama *m = self;
-    struct llama_cache *c = cache;
-    if (!c)
-        return;
-    for (int64_t l = 0; l < m->L; l++) {
-        if (c->k)
-            lathe_tensor_free(c->k[l]);
-        if (c->v)
-            lathe_tensor_free(c->v[l]);
-    }
-    lathe_tensor_free(c->seg);
-    free(c->k);
-    free(c->v);
-    free(c);
+    (void)self;
+    lathe_kv_cache_free(cache);
 }
 
-/* The tensors are made in the caller's scope if one is open (then the cache
- * must not outlive it), else they are owned by the cache. */
 static int llama_cache_new(void *self, int64_t B, int64_t max_len, void **cache)
 {
     struct llama *m = self;
     *cache = NULL;
-    if (B <= 0 || max_len <= 0)
-        return lathe_error(LATHE_EINVAL, "llama: cache needs B > 0 and max_len > 0");
     if (m->window > 0 && max_len > m->window)
         return lathe_error(LATHE_EUNSUPPORTED, "llama: max_len %lld exceeds the sliding_window of %lld in "
                            "%s/config.json", (long long)max_len, (long long)m->window, m->dir);
-    struct llama_cache *c = calloc(1, sizeof *c);
-    if (!c)
-        return lathe_error(LATHE_ENOMEM, "llama: out of memory");
-    c->B = B;
-    c->max_len = max_len;
-    c->k = calloc((size_t)m->L, sizeof *c->k);
-    c->v = calloc((size_t)m->L, sizeof *c->v);
-    int ok = c->k && c->v && (c->seg = lathe_tensor_new_owned(LATHE_I32, 2, (int64_t[]){B, max_len}));
-    for (int64_t l = 0; l < m->L && ok; l++)
-        ok = (c->k[l] = lathe_tensor_new_owned(LATHE_F32, 4, (int64_t[]){B, max_len, m->Hkv, m->D})) &&
-             (c->v[l] = lathe_tensor_new_owned(LATHE_F32, 4, (int64_t[]){B, max_len, m->Hkv, m->D}));
-    if (!ok) {
-        llama_cache_free(m, c);
-        return lathe_error(LATHE_ENOMEM, "llama: out of memory for a cache of %lld x %lld tokens", (long long)B,
-                           (long long)max_len);
-    }
-    *cache = c;
-    return LATHE_OK;
+    return lathe_kv_cache_new(m->L, B, max_len, m->Hkv, m->D, (struct lathe_kv_cache **)cache);
 }
 
 static lathe_tensor *llama_forward_cached(void *self, void *cache, const struct lathe_batch *batch)
 {
-    struct llama_cache *c = cache;
+    struct lathe_kv_cache *c = cache;
     if (!c) {
         lathe_error(LATHE_EINVAL, "llama: forward_cached needs a cache from cache_new");
         return NULL;
@@ -650,7 +600,7 @@ static lathe_tensor *llama_forward_cached(void *self, void *cache, const struct 
     lathe_tensor *logits = llama_run(self, batch, c);
     lathe_no_grad_end();
     if (logits)
-        c->len += batch->input_ids->shape[1];
+        lathe_kv_cache_commit(c, batch->input_ids->shape[1]);
     return logits;
 }
 

@@ -13,6 +13,29 @@
 extern "C" {
 #endif
 
+/* A key/value cache for incremental decoding, shared by model plugins:
+ * per layer k, v [B, max_len, Hkv, D] and the segments [B, max_len] of the
+ * tokens held. A model's forward_cached calls begin once, attend in every
+ * layer, and commit at the end. Owned by whoever made it (kv_cache_free). */
+struct lathe_kv_cache {
+    int64_t B, max_len, len, layers;
+    lathe_tensor **k, **v;
+    lathe_tensor *seg;
+};
+
+int lathe_kv_cache_new(int64_t layers, int64_t B, int64_t max_len, int64_t Hkv, int64_t D,
+                       struct lathe_kv_cache **out);
+void lathe_kv_cache_free(struct lathe_kv_cache *c);
+/* Check that the batch's B rows of T tokens fit after what the cache holds
+ * and record their segments (NULL: one segment). */
+int lathe_kv_cache_begin(struct lathe_kv_cache *c, const struct lathe_batch *batch);
+/* Layer `layer`: append k, v [B, T, Hkv, D] of the new tokens and return the
+ * attention of q [B, T, H, D] over everything the cache holds. */
+lathe_tensor *lathe_kv_cache_attend(struct lathe_kv_cache *c, int64_t layer, lathe_tensor *q, lathe_tensor *k,
+                                    lathe_tensor *v);
+/* After the last layer: the T new tokens now count as held. */
+void lathe_kv_cache_commit(struct lathe_kv_cache *c, int64_t T);
+
 struct lathe_sampling {
     uint32_t size;            /* sizeof(struct lathe_sampling) */
     int64_t max_new_tokens;   /* > 0 */
