@@ -2,7 +2,7 @@
 lib_LTLIBRARIES += core/liblathe.la
 core_liblathe_la_SOURCES = \
 	core/util/status.c core/util/rng.c core/util/strutil.c core/util/strutil.h \
-	core/tensor/tensor.c core/tensor/dtype.c core/tensor/autograd.c core/tensor/autograd.h core/tensor/tensor_internal.h \
+	core/tensor/tensor.c core/tensor/dtype.c core/tensor/autograd.c core/tensor/autograd.h core/tensor/segment.c core/tensor/tensor_internal.h \
 	core/tensor/state.c core/tensor/state.h \
 	core/ops/linear.c core/ops/embedding.c core/ops/elementwise.c core/ops/reduce.c \
 	core/ops/norm.c core/ops/activation.c core/ops/rope.c core/ops/attention.c \
@@ -10,7 +10,7 @@ core_liblathe_la_SOURCES = \
 	core/ops/index.c \
 	core/cpu/backend.c core/cpu/cpu.h core/cpu/vmath.h core/cpu/gemm.c core/cpu/elementwise.c core/cpu/norm.c \
 	core/cpu/activation.c core/cpu/rope.c core/cpu/attention.c core/cpu/softmax.c \
-	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c core/cpu/attention_cached.c core/cpu/unary.c \
+	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c core/cpu/attention_cached.c core/cpu/unary.c core/cpu/lowp.c \
 	core/config/config.c core/config/getters.c core/config/config_internal.h \
 	core/plugin/loader.c core/plugin/loader.h \
 	core/io/crc32c.c core/io/tensorboard.c core/io/tensorboard.h \
@@ -41,6 +41,7 @@ lathe_include_HEADERS = \
 	sdk/include/lathe/loss.h sdk/include/lathe/optim.h sdk/include/lathe/parallel.h \
 	sdk/include/lathe/peft.h sdk/include/lathe/reward.h sdk/include/lathe/logger.h \
 	sdk/include/lathe/tokenizer.h sdk/include/lathe/chat.h sdk/include/lathe/weights.h \
-	sdk/include/lathe/generate.h sdk/include/lathe/policy.h
+	sdk/include/lathe/generate.h sdk/include/lathe/policy.h \
+	sdk/include/lathe/segment.h
 core_liblathe_la_SOURCES += core/plan/plan.c core/plan/plan.h
 lathe_SOURCES += core/cli/cmd_plan.c

@@ -71,7 +71,7 @@ plugins_lathe_ddp_la_CFLAGS = $(PLUGIN_CFLAGS)
 plugins_lathe_ddp_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_lathe_ddp_la_LIBADD = $(PLUGIN_LIBADD)
 
-plugins_lathe_zero_la_SOURCES = plugins/zero/zero.c
+plugins_lathe_zero_la_SOURCES = plugins/zero/zero.c plugins/zero/checkpoint.c plugins/zero/zero.h
 plugins_lathe_zero_la_CFLAGS = $(PLUGIN_CFLAGS) $(JANSSON_CFLAGS)
 plugins_lathe_zero_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_lathe_zero_la_LIBADD = $(PLUGIN_LIBADD) $(JANSSON_LIBS)

@@ -3,6 +3,9 @@
  * `mpirun -np 3`; make check runs it as one process, an MPI singleton).
  * Every rank runs the same tests in the same order without forking (a
  * fork after MPI_Init is not allowed), so each collective is matched.
+ * Sub-groups (split) are checked on any number of ranks: e2e_mpi.sh also
+ * runs the suite on 4 ranks, where the parity groups have 2 each and a sub
+ * of a sub is non-trivial.
  * Skips (77) where the mpi plugin was not built, and under sanitizers. */
 #include <dlfcn.h>
 #include <limits.h>
@@ -144,6 +147,174 @@ START_TEST(test_refusals)
 }
 END_TEST
 
+/* ---- sub-groups (ABI 1.2 split) ----
+ * Each test makes every call on every rank before it asserts anything, so
+ * a wrong result fails the test instead of leaving ranks out of step (a
+ * rank leaving a test early would hang the others in their next call). */
+
+/* Split by rank parity, key = rank: group g holds ranks g, g+2, ... in
+ * that order, so this rank is number me/2 of (N - g + 1)/2; its
+ * collectives see only the group. */
+START_TEST(test_split_parity)
+{
+    ck_assert(LATHE_OPS_HAS(co, struct lathe_comm_ops, split));
+    void *sub = NULL;
+    int g = me % 2, n = (N - g + 1) / 2;
+    int st = co->split(cs, g, me, &sub);
+    ck_assert_int_eq(st, LATHE_OK);
+    ck_assert_ptr_nonnull(sub);
+    int sn = co->world_size(sub), sr = co->rank(sub);
+    float v[2] = {(float)me, 1.0f};
+    int st1 = co->all_reduce(sub, v, 2, LATHE_F32, LATHE_REDUCE_SUM);
+    uint16_t h = lathe_f32_to_bf16((float)me);
+    int st2 = co->all_reduce(sub, &h, 1, LATHE_BF16, LATHE_REDUCE_AVG);
+    int32_t mine = me, *all = malloc((size_t)sn * sizeof *all);
+    int st3 = co->all_gather(sub, &mine, all, 1, LATHE_I32);
+    int64_t b = me;
+    int st4 = co->broadcast(sub, &b, 1, LATHE_I64, sn - 1);
+    int st5 = co->broadcast(sub, &b, 1, LATHE_I64, sn); /* refused before any message */
+    int st6 = co->barrier(sub);
+    co->destroy(sub);
+    float one = 1;
+    int st7 = co->all_reduce(cs, &one, 1, LATHE_F32, LATHE_REDUCE_SUM);
+
+    ck_assert_int_eq(sn, n);
+    ck_assert_int_eq(sr, me / 2);
+    ck_assert_int_eq(st1, LATHE_OK);
+    float want = 0;
+    for (int r = g; r < N; r += 2)
+        want += (float)r;
+    ck_assert_float_eq(v[0], want);
+    ck_assert_float_eq(v[1], (float)n);
+    ck_assert_int_eq(st2, LATHE_OK);
+    ck_assert_float_eq_tol(lathe_bf16_to_f32(h), want / (float)n, 1e-2);
+    ck_assert_int_eq(st3, LATHE_OK);
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(all[i], g + 2 * i);
+    free(all);
+    /* root n-1 of the group is world rank g + 2(n-1) */
+    ck_assert_int_eq(st4, LATHE_OK);
+    ck_assert_int_eq(b, g + 2 * (n - 1));
+    ck_assert_int_eq(st5, LATHE_EINVAL);
+    ck_assert_int_eq(st6, LATHE_OK);
+    /* the parent is untouched */
+    ck_assert_int_eq(st7, LATHE_OK);
+    ck_assert_float_eq(one, (float)N);
+}
+END_TEST
+
+/* Sub-ranks follow key, then rank in the parent. */
+START_TEST(test_split_key_order)
+{
+    void *a = NULL, *b = NULL;
+    int st1 = co->split(cs, 7, -me, &a);
+    int st2 = co->split(cs, 0, me / 2, &b); /* ties (pairs share a key) go by rank */
+    ck_assert_int_eq(st1, LATHE_OK);
+    ck_assert_int_eq(st2, LATHE_OK);
+    int an = co->world_size(a), ar = co->rank(a), br = co->rank(b);
+    int32_t mine = me, *all = malloc((size_t)an * sizeof *all);
+    int st3 = co->all_gather(a, &mine, all, 1, LATHE_I32);
+    co->destroy(a);
+    co->destroy(b);
+    ck_assert_int_eq(an, N);
+    ck_assert_int_eq(ar, N - 1 - me);
+    ck_assert_int_eq(br, me);
+    ck_assert_int_eq(st3, LATHE_OK);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(all[i], N - 1 - i);
+    free(all);
+}
+END_TEST
+
+/* Split the parity groups again by sub-rank parity: world rank r lands in
+ * group (r%2, (r/2)%2), as rank r/4 of it. */
+START_TEST(test_split_of_split)
+{
+    void *a = NULL, *b = NULL;
+    int st = co->split(cs, me % 2, me, &a);
+    ck_assert_int_eq(st, LATHE_OK);
+    int ar = co->rank(a);
+    st = co->split(a, ar % 2, ar, &b);
+    ck_assert_int_eq(st, LATHE_OK);
+    int bn = co->world_size(b), br = co->rank(b);
+    float v = (float)me, w = 1;
+    int st1 = co->all_reduce(b, &v, 1, LATHE_F32, LATHE_REDUCE_SUM);
+    /* the parent goes first: its child keeps working */
+    co->destroy(a);
+    int st2 = co->all_reduce(b, &w, 1, LATHE_F32, LATHE_REDUCE_SUM);
+    co->destroy(b);
+
+    int n = 0;
+    float want = 0;
+    for (int r = 0; r < N; r++)
+        if (r % 2 == me % 2 && (r / 2) % 2 == (me / 2) % 2) {
+            n++;
+            want += (float)r;
+        }
+    ck_assert_int_eq(br, me / 4);
+    ck_assert_int_eq(bn, n);
+    ck_assert_int_eq(st1, LATHE_OK);
+    ck_assert_float_eq(v, want);
+    ck_assert_int_eq(st2, LATHE_OK);
+    ck_assert_float_eq(w, (float)n);
+}
+END_TEST
+
+/* color -1: in no group, no sub, no error; the others group without it. */
+START_TEST(test_split_no_group)
+{
+    void *sub = (void *)&sub;
+    int st = co->split(cs, me == 0 ? -1 : 3, 0, &sub);
+    int sn = -1, sr = -1, st1 = LATHE_OK;
+    float v = (float)me;
+    if (me != 0 && st == LATHE_OK && sub) {
+        sn = co->world_size(sub);
+        sr = co->rank(sub);
+        st1 = co->all_reduce(sub, &v, 1, LATHE_F32, LATHE_REDUCE_SUM);
+        co->destroy(sub);
+    }
+    int st2 = co->barrier(cs);
+    ck_assert_int_eq(st, LATHE_OK);
+    if (me == 0) {
+        ck_assert_ptr_null(sub);
+    } else {
+        ck_assert_int_eq(sn, N - 1);
+        ck_assert_int_eq(sr, me - 1);
+        ck_assert_int_eq(st1, LATHE_OK);
+        ck_assert_float_eq(v, (float)(N * (N - 1) / 2));
+    }
+    ck_assert_int_eq(st2, LATHE_OK);
+}
+END_TEST
+
+/* A refusing rank still takes part as "no group", so nobody hangs. */
+START_TEST(test_split_refusals)
+{
+    void *sub = (void *)&sub;
+    ck_assert_int_eq(co->split(cs, -2, me, &sub), LATHE_EINVAL);
+    ck_assert_ptr_null(sub);
+    ck_assert_ptr_nonnull(strstr(lathe_errmsg(), "color -2"));
+    ck_assert_int_eq(co->split(cs, 0, me, NULL), LATHE_EINVAL);
+    ck_assert_ptr_nonnull(strstr(lathe_errmsg(), "NULL"));
+    /* only the last rank refuses: the others form a group without it */
+    int last = me == N - 1;
+    int st = co->split(cs, last ? -9 : 0, me, &sub), sn = -1;
+    if (st == LATHE_OK && sub) {
+        sn = co->world_size(sub);
+        co->destroy(sub);
+    }
+    int st2 = co->barrier(cs);
+    if (last) {
+        ck_assert_int_eq(st, LATHE_EINVAL);
+        ck_assert_ptr_null(sub);
+    } else {
+        ck_assert_int_eq(st, LATHE_OK);
+        ck_assert_int_eq(sn, N - 1);
+    }
+    ck_assert_int_eq(st2, LATHE_OK);
+}
+END_TEST
+
 static Suite *comm_suite(void)
 {
     Suite *s = suite_create("comm");
@@ -154,9 +325,14 @@ static Suite *comm_suite(void)
     tcase_add_test(c, test_reduce_scatter);
     tcase_add_test(c, test_all_gather_broadcast);
     tcase_add_test(c, test_all_to_all_uneven);
+    tcase_add_test(c, test_split_parity);
+    tcase_add_test(c, test_split_key_order);
+    tcase_add_test(c, test_split_of_split);
+    tcase_add_test(c, test_split_no_group);
     suite_add_tcase(s, c);
     TCase *l = tcase_create("Limits");
     tcase_add_test(l, test_refusals);
+    tcase_add_test(l, test_split_refusals);
     suite_add_tcase(s, l);
     return s;
 }
@@ -192,10 +368,25 @@ int main(void)
     N = co->world_size(cs);
     setenv("CK_FORK", "no", 1); /* no fork after MPI_Init */
     int rc = lathe_test_run(comm_suite());
-    /* every rank's verdict, so that mpirun's status is the suite's */
+    /* every rank's verdict, so that mpirun's status is the suite's; it
+     * travels over a sub of the whole world made before the root is
+     * destroyed, so a sub outliving the root (and the last destroy
+     * finalising MPI) is tested too */
     float bad = rc != 0;
-    co->all_reduce(cs, &bad, 1, LATHE_F32, LATHE_REDUCE_SUM);
-    co->destroy(cs);
+    void *all = NULL;
+    if (co->split(cs, 0, me, &all) != LATHE_OK || !all) {
+        printf("FAIL: split for the verdict: %s\n", lathe_errmsg());
+        bad = 1;
+        co->all_reduce(cs, &bad, 1, LATHE_F32, LATHE_REDUCE_SUM);
+        co->destroy(cs);
+    } else {
+        co->destroy(cs);
+        if (co->all_reduce(all, &bad, 1, LATHE_F32, LATHE_REDUCE_SUM) != LATHE_OK) {
+            printf("FAIL: the verdict's all_reduce on a sub after the root's destroy: %s\n", lathe_errmsg());
+            bad = 1;
+        }
+        co->destroy(all);
+    }
     lathe_config_free(cfg);
     dlclose(h);
     return bad > 0 ? EXIT_FAILURE : EXIT_SUCCESS;

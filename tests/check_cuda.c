@@ -160,6 +160,69 @@ START_TEST(gemm_k_zero_scales_c)
 }
 END_TEST
 
+/* ---- mixed precision (ABI 1.2): round_to is bit for bit the CPU's (both
+ * round to nearest even, overflow to inf, keep NaN). gemm_lowp multiplies
+ * the same rounded operands, exact products summed in f32 in another
+ * order (tensor cores): K = 53 terms of |x| <= 1, atol 1e-4, rtol 1e-4;
+ * with round_c the two f32 sums may fall on either side of a rounding
+ * boundary, so one 16-bit step more: rtol 2^-7 (bf16), 2^-10 (f16) ---- */
+
+START_TEST(lowp_round_to)
+{
+    ck_assert(LATHE_OPS_HAS(gpu, struct lathe_backend_ops, round_to));
+    enum { N = 4096 };
+    float x[N];
+    const float edge[] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-11f, 65504.0f, 65519.0f, 65520.0f,
+                          -70000.0f, 3.4e38f, 0x1p-25f, 3 * 0x1p-25f, -1e-10f, -0.0f, NAN, INFINITY};
+    const int ne = (int)(sizeof edge / sizeof *edge);
+    for (int i = 0; i < N; i++)
+        x[i] = i < ne ? edge[i] : urand(-2.0f, 2.0f) * ldexpf(1.0f, (int)urand(-30.0f, 20.0f));
+    const int dts[2] = {LATHE_BF16, LATHE_F16};
+    for (int d = 0; d < 2; d++) {
+        struct pair p = pair_bytes(x, sizeof x);
+        float want[N], got[N];
+        cpu->round_to(want, x, N, dts[d]);
+        gpu->round_to(G(p), G(p), N, dts[d]); /* in place */
+        ck_assert_msg(gpu->copy(got, p.d, sizeof got, 0) == LATHE_OK, "%s", lathe_errmsg());
+        for (int i = 0; i < N; i++)
+            ck_assert_msg(isnan(want[i]) ? isnan(got[i]) : memcmp(&want[i], &got[i], 4) == 0,
+                          "round_to %s of %.9g: GPU %.9g, CPU %.9g", lathe_dtype_name(dts[d]), (double)x[i],
+                          (double)got[i], (double)want[i]);
+        pair_free(&p);
+    }
+}
+END_TEST
+
+START_TEST(lowp_gemm)
+{
+    ck_assert(LATHE_OPS_HAS(gpu, struct lathe_backend_ops, gemm_lowp));
+    const int64_t M = 37, N = 29, K = 53, batch = 3;
+    const int dts[2] = {LATHE_BF16, LATHE_F16};
+    for (int d = 0; d < 2; d++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int variant = 0; variant < 2; variant++) { /* 0: shared B, beta; 1: round_c */
+                    struct pair A = randf(batch * M * K, -1, 1), B = randf(batch * K * N, -1, 1);
+                    struct pair C = randf(batch * M * N, -1, 1);
+                    int64_t sb = variant == 0 ? 0 : K * N;
+                    float beta = variant == 0 ? 0.3f : 0.0f;
+                    cpu->gemm_lowp(dts[d], variant, ta, tb, M, N, K, 0.7f, F(A), F(B), beta, F(C), batch, M * K, sb,
+                                   M * N);
+                    gpu->gemm_lowp(dts[d], variant, ta, tb, M, N, K, 0.7f, G(A), G(B), beta, G(C), batch, M * K, sb,
+                                   M * N);
+                    char what[96];
+                    snprintf(what, sizeof what, "gemm_lowp %s ta=%d tb=%d sb=%lld round_c=%d",
+                             lathe_dtype_name(dts[d]), ta, tb, (long long)sb, variant);
+                    double rtol = variant ? (dts[d] == LATHE_BF16 ? 0x1p-7 : 0x1p-10) : 1e-4;
+                    expect_close(what, C, 1e-4, rtol);
+                    expect_close("gemm_lowp leaves A alone", A, 0, 0);
+                    pair_free(&A);
+                    pair_free(&B);
+                    pair_free(&C);
+                }
+}
+END_TEST
+
 /* ---- elementwise: the same float operations; exp/log differ by an ulp or
  * two: atol 1e-6, rtol 1e-5. Sums in double: atol 1e-5, rtol 1e-6 ---- */
 
@@ -673,6 +736,8 @@ int main(void)
     tcase_set_timeout(core, 120);
     tcase_add_test(core, gemm_all_transposes);
     tcase_add_test(core, gemm_k_zero_scales_c);
+    tcase_add_test(core, lowp_round_to);
+    tcase_add_test(core, lowp_gemm);
     tcase_add_test(core, bias_binary_scale_sum);
     tcase_add_test(core, activations_and_unary);
     tcase_add_test(core, embedding_gather_copies);

@@ -216,6 +216,86 @@ START_TEST(test_refusals)
 }
 END_TEST
 
+/* ---- sub-groups (ABI 1.2 split; tests/check_comm.c has the same on the
+ * mpi communicator, where more ranks are cheap) ---- */
+
+/* Split by rank parity, key = rank: group g holds ranks g, g+2, ... */
+START_TEST(test_split_parity)
+{
+    ck_assert(LATHE_OPS_HAS(co, struct lathe_comm_ops, split));
+    void *sub = NULL;
+    int g = me % 2, n = (N - g + 1) / 2;
+    ck_assert_int_eq(co->split(cs, g, me, &sub), LATHE_OK);
+    ck_assert_ptr_nonnull(sub);
+    ck_assert_int_eq(co->world_size(sub), n);
+    ck_assert_int_eq(co->rank(sub), me / 2);
+    float v[2] = {(float)me, 1.0f};
+    float *dv = up(v, sizeof v);
+    ck_assert_int_eq(co->all_reduce(sub, dv, 2, LATHE_F32, LATHE_REDUCE_SUM), LATHE_OK);
+    down(v, dv, sizeof v);
+    float want = 0;
+    for (int r = g; r < N; r += 2)
+        want += (float)r;
+    ck_assert_float_eq(v[0], want);
+    ck_assert_float_eq(v[1], (float)n);
+    int32_t mine = me, *all = malloc((size_t)n * sizeof *all);
+    void *dm = up(&mine, sizeof mine), *da = up(NULL, (size_t)n * sizeof *all);
+    ck_assert_int_eq(co->all_gather(sub, dm, da, 1, LATHE_I32), LATHE_OK);
+    down(all, da, (size_t)n * sizeof *all);
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(all[i], g + 2 * i);
+    int64_t b = me;
+    void *db = up(&b, sizeof b);
+    ck_assert_int_eq(co->broadcast(sub, db, 1, LATHE_I64, n - 1), LATHE_OK);
+    down(&b, db, sizeof b);
+    ck_assert_int_eq(b, g + 2 * (n - 1));
+    ck_assert_int_eq(co->barrier(sub), LATHE_OK);
+    co->destroy(sub);
+    cu_free(dv);
+    cu_free(dm);
+    cu_free(da);
+    cu_free(db);
+    free(all);
+}
+END_TEST
+
+/* Sub-ranks follow key (reversed here); a sub of the sub; the parent
+ * destroyed before its child. */
+START_TEST(test_split_key_nested)
+{
+    void *a = NULL, *b = NULL;
+    ck_assert_int_eq(co->split(cs, 5, -me, &a), LATHE_OK);
+    ck_assert_int_eq(co->world_size(a), N);
+    ck_assert_int_eq(co->rank(a), N - 1 - me);
+    ck_assert_int_eq(co->split(a, 0, co->rank(a), &b), LATHE_OK);
+    ck_assert_int_eq(co->rank(b), N - 1 - me);
+    co->destroy(a);
+    float v = (float)me;
+    float *dv = up(&v, sizeof v);
+    ck_assert_int_eq(co->all_reduce(b, dv, 1, LATHE_F32, LATHE_REDUCE_SUM), LATHE_OK);
+    down(&v, dv, sizeof v);
+    ck_assert_float_eq(v, (float)(N * (N - 1) / 2));
+    co->destroy(b);
+    cu_free(dv);
+}
+END_TEST
+
+/* color -1: no group and no error; other negatives and a NULL sub are
+ * refused after taking part, so nobody hangs. */
+START_TEST(test_split_refusals)
+{
+    void *sub = (void *)&sub;
+    ck_assert_int_eq(co->split(cs, -1, me, &sub), LATHE_OK);
+    ck_assert_ptr_null(sub);
+    sub = (void *)&sub;
+    ck_assert_int_eq(co->split(cs, -2, me, &sub), LATHE_EINVAL);
+    ck_assert_ptr_null(sub);
+    ck_assert_ptr_nonnull(strstr(lathe_errmsg(), "color -2"));
+    ck_assert_int_eq(co->split(cs, 0, me, NULL), LATHE_EINVAL);
+    ck_assert_int_eq(co->barrier(cs), LATHE_OK);
+}
+END_TEST
+
 static Suite *nccl_suite(void)
 {
     Suite *s = suite_create("nccl");
@@ -227,9 +307,12 @@ static Suite *nccl_suite(void)
     tcase_add_test(c, test_reduce_scatter);
     tcase_add_test(c, test_all_gather_broadcast);
     tcase_add_test(c, test_all_to_all_uneven);
+    tcase_add_test(c, test_split_parity);
+    tcase_add_test(c, test_split_key_nested);
     suite_add_tcase(s, c);
     TCase *l = tcase_create("Limits");
     tcase_add_test(l, test_refusals);
+    tcase_add_test(l, test_split_refusals);
     suite_add_tcase(s, l);
     return s;
 }

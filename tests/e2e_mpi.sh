@@ -5,6 +5,10 @@
 # log reports each rank's 1/N of optimizer state (and of parameters for
 # stage 3); a zero run stopped on 2 processes and resumed on 3 (and the
 # reverse) continues the same curve; bad settings are refused by name.
+# Stage 3 gathers per model segment (layer): 2 x layers all-gathers per
+# micro-batch (zero_gathers in the metrics), a peak of parameter bytes below
+# the whole model's, the same curve with activation checkpointing and grad
+# accumulation; gather = model keeps the whole-model variant.
 # Skipped (77) where mpirun or the mpi plugin is absent, and in the
 # sanitizer build (Open MPI's memory hooks and ASan do not mix).
 . "$top_srcdir/tests/e2e_lib.sh"
@@ -24,6 +28,9 @@ mpi() { np=$1; shift; mpirun --oversubscribe -np "$np" "$@"; }
 # the communicator's collectives on 3 ranks (uneven all-to-all, bf16 sums)
 mpi 3 "$top_builddir/tests/check_comm" > "$WORK/comm.log" 2>&1 || { cat "$WORK/comm.log"; fail "check_comm on 3 ranks"; }
 echo "ok: check_comm on 3 ranks: $(grep -c '100%' "$WORK/comm.log") of 3 ranks passed every test"
+# and on 4, where split's parity groups have 2 ranks each and a sub of a sub is not trivial
+mpi 4 "$top_builddir/tests/check_comm" > "$WORK/comm4.log" 2>&1 || { cat "$WORK/comm4.log"; fail "check_comm on 4 ranks"; }
+echo "ok: check_comm on 4 ranks (sub-groups): $(grep -c '100%' "$WORK/comm4.log") of 4 ranks passed every test"
 
 cat > "$WORK/run.ini" <<EOF
 [run]
@@ -65,11 +72,12 @@ run() {
     mpi "$np" "$LATHE" train "$ini" run.output_dir="$WORK/$name" "$@" > "$WORK/$name.log" 2>&1
   fi || { cat "$WORK/$name.log"; fail "$name"; }
 }
-# same_curve NAME FROM TO: losses of steps FROM..TO within 1e-5 of the single run
+# same_curve NAME FROM TO: losses of steps FROM..TO within 1e-5 of the single
+# run ($REF, default single)
 same_curve() {
   s=$2
   while [ "$s" -le "$3" ]; do
-    a=$(metric "$WORK/single/metrics.jsonl" "$s" loss)
+    a=$(metric "$WORK/${REF:-single}/metrics.jsonl" "$s" loss)
     b=$(metric "$WORK/$1/metrics.jsonl" "$s" loss)
     [ -n "$a" ] && [ -n "$b" ] || fail "$1: no loss at step $s"
     awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5) }' ||
@@ -99,24 +107,84 @@ for np in 2 3; do
     name=zero$st-np$np
     run $name $np parallel.plugin=zero parallel.stage=$st parallel.bucket_size=16K
     same_curve $name 1 20
-    r=0
+    if [ $st = 3 ]; then
+      # "... tensors in all) ... : shard ~S + largest segment L + persistent Q bytes (whole model W)"
+      grep -q "zero stage 3 gathers PER SEGMENT: 2 model segments" "$WORK/$name.log" || fail "$name: not per segment"
+      L=$(sed -nE 's/.*largest segment ([0-9]+) \+ persistent [0-9]+ bytes.*/\1/p' "$WORK/$name.log")
+      Q=$(sed -nE 's/.*largest segment [0-9]+ \+ persistent ([0-9]+) bytes.*/\1/p' "$WORK/$name.log")
+      T=$(sed -nE 's/.* trainable elements in ([0-9]+) tensors.*/\1/p' "$WORK/$name.log")
+      [ -n "$L" ] && [ -n "$Q" ] && [ -n "$T" ] || fail "$name: no per-segment memory line"
+    fi
+    r=0; sum_opt=0; sum_seg=0
     while [ $r -lt $np ]; do
       own=$(( (r + 1) * P / np - r * P / np ))
       opt=$(field "$WORK/$name.log" $r "optimizer state")
       par=$(field "$WORK/$name.log" $r "parameters")
-      # AdamW keeps two f32 moments per element: 8 bytes for each owned one
-      [ "$opt" = $((8 * own)) ] || fail "$name rank $r: optimizer state $opt bytes, expected 8 x $own (1/$np of $((8 * P)))"
       if [ $st = 3 ]; then
-        [ "$par" = $((4 * own)) ] || fail "$name rank $r: parameters $par bytes, expected 4 x $own"
+        # per-parameter layout: rank r owns 1/N of every tensor (one
+        # element more or less each), and its peak parameters are its shard
+        # of the segment parameters + one whole segment + the persistent ones
+        lo=$((8 * (P / np - T))); hi=$((8 * ((P + np - 1) / np + T)))
+        [ "$opt" -ge $lo ] && [ "$opt" -le $hi ] ||
+          fail "$name rank $r: optimizer state $opt bytes, expected 1/$np of $((8 * P)) within 8 x $T"
+        [ "$par" -le $((4 * P)) ] || fail "$name rank $r: peak parameters $par bytes, more than the whole $((4 * P))"
+        sum_opt=$((sum_opt + opt)); sum_seg=$((sum_seg + par - L - Q))
       else
+        # AdamW keeps two f32 moments per element: 8 bytes for each owned one
+        [ "$opt" = $((8 * own)) ] || fail "$name rank $r: optimizer state $opt bytes, expected 8 x $own (1/$np of $((8 * P)))"
         [ "$par" = $((4 * P)) ] || fail "$name rank $r: parameters $par bytes, expected all $((4 * P))"
       fi
       r=$((r + 1))
     done
+    if [ $st = 3 ]; then
+      [ $sum_opt = $((8 * P)) ] || fail "$name: the ranks' optimizer shards add up to $sum_opt bytes, not $((8 * P))"
+      [ $sum_seg = $((4 * P - Q)) ] ||
+        fail "$name: the ranks' shards of segment parameters add up to $sum_seg bytes, not $((4 * P - Q))"
+      g=$(metric "$WORK/$name/metrics.jsonl" 5 zero_gathers)
+      [ "$g" = 4.0 ] || [ "$g" = 4 ] || fail "$name: $g segment gathers in step 5, expected 2 x 2 layers"
+      echo "ok: $name: per segment: 4 gathers a step; peak parameters $par of $((4 * P)) bytes (rank $((np - 1)))"
+    fi
     echo "ok: $name: each rank holds 1/$np of the optimizer state ($((8 * P)) bytes in one process)"
   done
 done
-grep -q "WHOLE-MODEL gathering" "$WORK/zero3-np2.log" || fail "stage 3 does not say it gathers the whole model"
+
+# whole-model stage 3 (gather = model): parameters 1/N between steps
+name=zero3w-np2
+run $name 2 parallel.plugin=zero parallel.stage=3 parallel.gather=model parallel.bucket_size=16K
+same_curve $name 1 20
+grep -q "WHOLE-MODEL gathering" "$WORK/$name.log" || fail "gather = model does not say it gathers the whole model"
+for r in 0 1; do
+  own=$(( (r + 1) * P / 2 - r * P / 2 ))
+  [ "$(field "$WORK/$name.log" $r parameters)" = $((4 * own)) ] || fail "$name rank $r: parameters not 4 x $own"
+done
+echo "ok: $name: whole-model stage 3 agrees and holds 1/2 of the parameters between steps"
+
+# stage 3 with activation checkpointing (the backward re-runs each block
+# between its gather and release) and 2 micro-batches a step
+name=zero3ac-np3
+run $name 3 parallel.plugin=zero parallel.stage=3 parallel.bucket_size=16K train.activation_checkpointing=true \
+  train.batch_size=3 train.grad_accum=2
+same_curve $name 1 20
+g=$(metric "$WORK/$name/metrics.jsonl" 5 zero_gathers)
+[ "$g" = 8.0 ] || [ "$g" = 8 ] || fail "$name: $g segment gathers in step 5, expected 2 x 2 layers x 2 micro-batches"
+echo "ok: $name: activation checkpointing + grad accumulation: 8 gathers a step, same curve"
+
+# deeper model: one gathered layer at a time stays below the whole model
+run single4 0 model.layers=4
+P4=$(sed -nE 's/^model gpt2: ([0-9]+) parameters.*/\1/p' "$WORK/single4.log")
+name=zero3L4-np2
+run $name 2 parallel.plugin=zero parallel.stage=3 model.layers=4
+REF=single4 same_curve $name 1 20
+g=$(metric "$WORK/$name/metrics.jsonl" 5 zero_gathers)
+[ "$g" = 8.0 ] || [ "$g" = 8 ] || fail "$name: $g segment gathers in step 5, expected 2 x 4 layers"
+for r in 0 1; do
+  par=$(field "$WORK/$name.log" $r parameters)
+  [ "$par" -lt $((4 * P4)) ] || fail "$name rank $r: peak parameters $par bytes, not below the whole model's $((4 * P4))"
+done
+peak=$(metric "$WORK/$name/metrics.jsonl" 5 zero_param_bytes_peak)
+awk -v p="$peak" -v w=$((4 * P4)) 'BEGIN { exit !(p > 0 && p < w) }' ||
+  fail "$name: measured peak parameter bytes $peak, not below the whole model's $((4 * P4))"
+echo "ok: $name: 8 gathers a step; peak parameters $par bytes (measured $peak) of $((4 * P4))"
 
 # stopped at step 10 on 2 processes, resumed on 3 (and stage 3 the other way)
 run zres-a 2 parallel.plugin=zero parallel.stage=2 train.steps=10
@@ -129,6 +197,11 @@ run zres-b 3 parallel.plugin=zero parallel.stage=3 train.steps=10
 run zres-b 2 parallel.plugin=zero parallel.stage=3 --resume
 grep -q "resharded onto 2" "$WORK/zres-b.log" || { cat "$WORK/zres-b.log"; fail "3 -> 2: no resharding"; }
 same_curve zres-b 11 20
+# same number of processes, flat stage 2 -> per-parameter stage 3: resharded
+run zres-d 2 parallel.plugin=zero parallel.stage=2 train.steps=10
+run zres-d 2 parallel.plugin=zero parallel.stage=3 --resume
+grep -q "resharded onto 2 (per-parameter layout)" "$WORK/zres-d.log" || { cat "$WORK/zres-d.log"; fail "stage 2 -> 3: no resharding"; }
+same_curve zres-d 11 20
 # same number of processes: each rank reads its own shard back
 run zres-c 2 parallel.plugin=zero parallel.stage=1 train.steps=10
 run zres-c 2 parallel.plugin=zero parallel.stage=1 --resume
@@ -137,6 +210,8 @@ same_curve zres-c 11 20
 # settings that cannot be honoured are errors naming the key
 expect_fail "stage 4" "stage" "$LATHE" train "$ini" run.output_dir="$WORK/bad1" parallel.plugin=zero parallel.stage=4
 expect_fail "no stage" "stage" "$LATHE" train "$ini" run.output_dir="$WORK/bad2" parallel.plugin=zero
+expect_fail "gather on stage 2" "gather" "$LATHE" train "$ini" run.output_dir="$WORK/bad4" parallel.plugin=zero \
+  parallel.stage=2 parallel.gather=model
 expect_fail "bucket of 2 bytes" "bucket_size" "$LATHE" train "$ini" run.output_dir="$WORK/bad3" parallel.plugin=ddp \
   parallel.bucket_size=2
 run ddpck 0 parallel.plugin=ddp train.steps=2

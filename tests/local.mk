@@ -136,3 +136,33 @@ TESTS += tests/check_nccl
 tests_check_nccl_SOURCES = tests/check_nccl.c tests/testutil.h
 tests_check_nccl_CFLAGS = $(TEST_CFLAGS) -DLATHE_MPIRUN='"$(MPIRUN)"'
 tests_check_nccl_LDADD = $(TEST_LDADD) -ldl
+
+# A pretend device (tests/plugins/fakedev.c): the CPU's arithmetic behind
+# tagged pointers that crash when host code touches them, so that every
+# host read or write of device memory must go through the backend. Used by
+# tests/e2e_fakedev.sh with [run] backend = fakedev; never installed.
+check_LTLIBRARIES += tests/lathe-fakedev.la
+tests_lathe_fakedev_la_SOURCES = tests/plugins/fakedev.c
+tests_lathe_fakedev_la_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
+tests_lathe_fakedev_la_LDFLAGS = $(BROKEN_LDFLAGS)
+tests_lathe_fakedev_la_LIBADD = core/liblathe.la
+TESTS += tests/e2e_fakedev.sh
+EXTRA_DIST += tests/e2e_fakedev.sh
+
+check_PROGRAMS += tests/check_segment
+TESTS += tests/check_segment
+tests_check_segment_SOURCES = tests/check_segment.c tests/testutil.h
+tests_check_segment_CFLAGS = $(TEST_CFLAGS)
+tests_check_segment_LDADD = $(TEST_LDADD)
+TESTS += tests/e2e_recompute.sh
+EXTRA_DIST += tests/e2e_recompute.sh
+
+# Mixed precision: round_to and gemm_lowp on the CPU, the ops under a
+# 16-bit compute dtype, the fp16 loss scaler and [run] precision.
+check_PROGRAMS += tests/check_precision
+TESTS += tests/check_precision
+tests_check_precision_SOURCES = tests/check_precision.c tests/gradcheck.c tests/gradcheck.h tests/testutil.h
+tests_check_precision_CFLAGS = $(TEST_CFLAGS)
+tests_check_precision_LDADD = $(TEST_LDADD)
+TESTS += tests/e2e_precision.sh
+EXTRA_DIST += tests/e2e_precision.sh

@@ -17,7 +17,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: lathe generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
                "                      [--top-k K] [--top-p P] [--seed S] [--template NAME|raw]\n"
                "                      [--adapter DIR]  (a PEFT LoRA adapter, e.g. runs/sft-lora/adapter)\n"
-               "                      [--system TEXT] [--plugin-path DIRS]\n"
+               "                      [--system TEXT] [--plugin-path DIRS] [--device cpu|cuda]\n"
+               "                      [--backend NAME]  (the device's backend plugin; default cuda)\n"
                "  --template raw feeds the prompt as plain text; otherwise the model's chat\n"
                "  format (detected from tokenizer_config.json, or chatml/deepseek-r1/llama3).\n");
 }
@@ -59,6 +60,7 @@ static int parse_num(const char *opt, const char *v, double lo, double hi, doubl
 int lathe_cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *tmpl = NULL, *system = NULL, *plugin_path = NULL, *adapter = NULL;
+    const char *device = "cpu", *backend = NULL;
     double max_new = 128, temp = 0.0, top_k = 0, top_p = 1.0, seed = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -85,6 +87,8 @@ int lathe_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--top-p")) st = parse_num(a, v, 1e-6, 1, &top_p);
         else if (!strcmp(a, "--seed")) st = parse_num(a, v, 0, 9e15, &seed);
         else if (!strcmp(a, "--adapter")) adapter = v;
+        else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--backend")) backend = v;
         else {
             fprintf(stderr, "lathe generate: unknown option '%s'\n", a);
             return 2;
@@ -94,6 +98,12 @@ int lathe_cmd_generate(int argc, char **argv)
     }
     if (!model || !prompt) {
         usage(stderr);
+        return 2;
+    }
+    /* as [run] device and backend of a training run (core/train/run.c) */
+    int on_device = !strcmp(device, "cuda");
+    if ((!on_device && strcmp(device, "cpu") != 0) || (!on_device && backend)) {
+        fprintf(stderr, "lathe generate: --device is cpu or cuda%s\n", backend ? "; --backend needs --device cuda" : "");
         return 2;
     }
 
@@ -114,6 +124,19 @@ int lathe_cmd_generate(int argc, char **argv)
         rc = lathe_plugin_dirs(plugin_path, NULL, &dirs, &ndirs);
     if (rc == LATHE_OK)
         rc = lathe_registry_open(&reg, (const char *const *)dirs, ndirs);
+    const struct lathe_backend_ops *be = NULL;
+    if (rc == LATHE_OK && on_device) {
+        const char *name = backend ? backend : "cuda";
+        rc = lathe_registry_find(reg, LATHE_KIND_BACKEND, name, (const void **)&be, NULL);
+        if (rc == LATHE_OK && be->device != LATHE_DEVICE_CUDA)
+            rc = lathe_error(LATHE_EINVAL, "--backend %s is not a CUDA device backend", name);
+        if (rc == LATHE_OK) /* a zero-byte copy starts the device */
+            rc = be->copy(NULL, NULL, 0, 1);
+        if (rc == LATHE_OK)
+            rc = lathe_backend_set(be);
+        if (rc != LATHE_OK)
+            lathe_error_prefix(rc, "--device cuda (backend %s)", name);
+    }
     if (rc == LATHE_OK)
         rc = lathe_registry_find(reg, LATHE_KIND_MODEL, plugin, (const void **)&ops, NULL);
     if (rc == LATHE_OK) {
@@ -126,7 +149,8 @@ int lathe_cmd_generate(int argc, char **argv)
             rc = LATHE_ECONFIG;
     }
     struct lathe_env env = {.size = sizeof env, .output_dir = ".", .seed = (uint64_t)seed, .batch_size = 1,
-                            .grad_accum = 1, .steps = 0, .world_size = 1};
+                            .grad_accum = 1, .steps = 0, .world_size = 1,
+                            .device = on_device ? LATHE_DEVICE_CUDA : LATHE_DEVICE_CPU};
     env.config = cfg;
     if (rc == LATHE_OK) {
         lathe_section *s = lathe_config_section(cfg, "model");
@@ -209,6 +233,8 @@ int lathe_cmd_generate(int argc, char **argv)
         pops->destroy(pself);
     if (self)
         ops->destroy(self);
+    if (on_device) /* before its plugin is closed */
+        lathe_backend_set(lathe_backend_cpu());
     lathe_tokenizer_free(tk);
     lathe_config_free(cfg);
     lathe_registry_close(reg);

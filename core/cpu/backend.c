@@ -74,6 +74,8 @@ static const struct lathe_backend_ops cpu_ops = {
     .attention_cached_forward = lathe_cpu_attention_cached_forward,
     .unary_forward = lathe_cpu_unary_forward,
     .unary_backward = lathe_cpu_unary_backward,
+    .gemm_lowp = lathe_cpu_gemm_lowp,
+    .round_to = lathe_cpu_round_to,
 };
 
 static const struct lathe_backend_ops *current = &cpu_ops;

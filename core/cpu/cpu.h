@@ -90,4 +90,10 @@ void lathe_cpu_unary_forward(int op, float *out, const float *x, int64_t n, floa
 void lathe_cpu_unary_backward(int op, float *dx, const float *dout, const float *x, const float *out, int64_t n,
                               float a, float b);
 
+/* lowp.c (ABI 1.2) */
+void lathe_cpu_gemm_lowp(int dtype, int round_c, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                         float alpha, const float *A, const float *B, float beta, float *C, int64_t batch,
+                         int64_t sa, int64_t sb, int64_t sc);
+void lathe_cpu_round_to(float *out, const float *x, int64_t n, int dtype);
+
 #endif

@@ -80,12 +80,22 @@ static int is_stop(const struct lathe_sampling *s, int32_t id)
     return 0;
 }
 
-/* Host copy of logits[b, t, :] of a [B, T, V] tensor. */
-static void row_logits(const lathe_tensor *logits, int64_t b, int64_t t, float *dst)
+/* Host copy of the last position's logits of each row of a [B, T, V]
+ * tensor into dst [B, V]: one copy when T is 1 (the rows are adjacent), so
+ * a device is synchronised once per token, not once per row. */
+static int last_logits(const lathe_tensor *logits, float *dst)
 {
-    const int64_t T = logits->shape[1], V = logits->shape[2];
-    const float *src = (const float *)logits->data + (b * T + t) * V;
-    lathe_backend()->copy(dst, src, (size_t)V * sizeof *dst, 0);
+    const int64_t B = logits->shape[0], T = logits->shape[1], V = logits->shape[2];
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (T == 1)
+        return be->copy(dst, logits->data, (size_t)(B * V) * sizeof *dst, 0);
+    for (int64_t b = 0; b < B; b++) {
+        const float *src = (const float *)logits->data + (b * T + T - 1) * V;
+        int rc = be->copy(dst + b * V, src, (size_t)V * sizeof *dst, 0);
+        if (rc != LATHE_OK)
+            return rc;
+    }
+    return LATHE_OK;
 }
 
 static int upload_i32(lathe_tensor *t, const int32_t *host)
@@ -125,7 +135,7 @@ int lathe_generate(const struct lathe_model_ops *ops, void *self, const int32_t 
 
     void *cache = NULL;
     int32_t *ids = calloc(B * L, sizeof *ids), *pos = calloc(B * L, sizeof *pos), *seg = calloc(B * L, sizeof *seg);
-    float *lg = malloc(sizeof *lg * (size_t)V), *work = malloc(sizeof(struct cand) * (size_t)V);
+    float *lg = malloc(sizeof *lg * (size_t)V * B), *work = malloc(sizeof(struct cand) * (size_t)V);
     int32_t *next = calloc(B, sizeof *next);
     uint8_t *done = calloc(B, 1);
     for (size_t b = 0; b < B; b++) {
@@ -161,30 +171,29 @@ int lathe_generate(const struct lathe_model_ops *ops, void *self, const int32_t 
         if (!batch.input_ids || !batch.positions || !batch.segments) {
             rc = LATHE_ENOMEM;
         } else if (step == 0) {
-            upload_i32(batch.input_ids, ids);
-            upload_i32(batch.positions, pos);
-            upload_i32(batch.segments, seg);
+            if ((rc = upload_i32(batch.input_ids, ids)) == LATHE_OK && (rc = upload_i32(batch.positions, pos)) == LATHE_OK)
+                rc = upload_i32(batch.segments, seg);
         } else {
             for (size_t b = 0; b < B; b++) {
                 ids[b] = next[b];
                 pos[b] = (int32_t)(prompt_len[b] + (size_t)step - 1);
                 seg[b] = 0;
             }
-            upload_i32(batch.input_ids, ids);
-            upload_i32(batch.positions, pos);
-            upload_i32(batch.segments, seg);
+            if ((rc = upload_i32(batch.input_ids, ids)) == LATHE_OK && (rc = upload_i32(batch.positions, pos)) == LATHE_OK)
+                rc = upload_i32(batch.segments, seg);
         }
         lathe_tensor *logits = rc == LATHE_OK ? ops->forward_cached(self, cache, &batch) : NULL;
         if (rc == LATHE_OK && !logits)
             rc = lathe_error_prefix(LATHE_EINVAL, "generate: forward");
         if (rc == LATHE_OK && (logits->ndim != 3 || logits->shape[2] != V || logits->shape[1] != T))
             rc = lathe_error(LATHE_EINVAL, "generate: the model returned logits of the wrong shape");
+        if (rc == LATHE_OK && (rc = last_logits(logits, lg)) != LATHE_OK)
+            lathe_error_prefix(rc, "generate: reading the logits");
         size_t active = 0;
         for (size_t b = 0; rc == LATHE_OK && b < B; b++) {
             if (done[b])
                 continue;
-            row_logits(logits, (int64_t)b, T - 1, lg);
-            int32_t tok = lathe_sample_token(lg, V, s, rng, work);
+            int32_t tok = lathe_sample_token(lg + (size_t)b * (size_t)V, V, s, rng, work);
             out_ids[b][out_len[b]++] = tok;
             next[b] = tok;
             if (is_stop(s, tok))

@@ -7,6 +7,7 @@
  * buffer exactly with no gap, overlap or trailing bytes. */
 #include "io/safetensors.h"
 
+#include <lathe/backend.h>
 #include <lathe/status.h>
 
 #include <errno.h>
@@ -418,6 +419,28 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+/* A device buffer goes to the file through a host buffer of at most
+ * LATHE_ST_STAGE bytes, read with the backend's copy. */
+#define LATHE_ST_STAGE ((size_t)64 << 20)
+
+static int write_device(int fd, const void *dev, size_t n, uint8_t **stage)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    size_t cap = n < LATHE_ST_STAGE ? n : LATHE_ST_STAGE;
+    if (!*stage && !(*stage = malloc(LATHE_ST_STAGE))) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (size_t at = 0; at < n; at += cap) {
+        size_t k = n - at < cap ? n - at : cap;
+        if (be->copy(*stage, (const uint8_t *)dev + at, k, 0) != LATHE_OK)
+            return -2; /* the backend's message stands */
+        if (write_all(fd, *stage, k))
+            return -1;
+    }
+    return 0;
+}
+
 /* Checks every entry and returns the header JSON (malloc'd by jansson). */
 static int st_build_header(const char *path, const struct lathe_st_entry *e, size_t n,
                            const char *const *meta_kv, char **out)
@@ -575,13 +598,27 @@ int lathe_st_write(const char *path, const struct lathe_st_entry *entries, size_
     static const char spaces[8] = "        ";
     int bad = write_all(fd, lenbytes, 8) || write_all(fd, header, hlen) ||
               write_all(fd, spaces, padded - hlen);
+    uint8_t *stage = NULL;
     for (size_t i = 0; i < n && !bad; i++) {
         const struct lathe_st_entry *t = &entries[i];
         size_t nbytes = st_dtypes[st_dtype_of(t->dtype)].bits / 8;
         for (int d = 0; d < t->ndim; d++)
             nbytes *= (size_t)t->shape[d]; /* checked in st_build_header */
-        bad = nbytes > 0 && write_all(fd, t->data, nbytes);
+        if (nbytes > 0 && t->on_device) {
+            int w = write_device(fd, t->data, nbytes, &stage);
+            if (w == -2) {
+                rc = lathe_error_prefix(LATHE_EIO, "cannot write %s: reading tensor %s from the device", tmp, t->name);
+                free(stage);
+                close(fd);
+                unlink(tmp);
+                goto out;
+            }
+            bad = w != 0;
+        } else {
+            bad = nbytes > 0 && write_all(fd, t->data, nbytes);
+        }
     }
+    free(stage);
     if (bad || fsync(fd) != 0) {
         rc = lathe_error(LATHE_EIO, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);

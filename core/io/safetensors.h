@@ -66,6 +66,9 @@ struct lathe_st_entry {
     int ndim;               /* 0..LATHE_MAX_DIMS; 0 is a scalar */
     const int64_t *shape;   /* ndim entries, each >= 0 (NULL if ndim is 0) */
     const void *data;       /* may be NULL only if the tensor has 0 bytes */
+    int on_device;          /* nonzero: data is a buffer of the current
+                               backend (lathe_backend()), read through its
+                               copy; 0: host memory */
 };
 
 /* Write n tensors in the given order. The header starts with

@@ -4,16 +4,65 @@
  * backward; without a gradient to compute they are freed with the scope. */
 #include <math.h>
 
+#include <lathe/abi.h>
 #include <lathe/ops.h>
 
 #include "tensor/autograd.h"
 
-static void sdpa_kernel_backward(struct lathe_node *nd, float *dq, float *dk, float *dv)
+/* Mixed precision (lathe_set_compute_dtype): under BF16 or F16 compute, q,
+ * k and v enter the kernel rounded to 16 bits, as autocast's attention
+ * receives 16-bit tensors; scores, softmax and sums stay f32 like a flash
+ * kernel's accumulators, and the output is rounded as a 16-bit result
+ * would be. The rounded copies are temporaries, made again for the
+ * backward rather than kept as three more activations per layer. */
+struct qkv {
+    const float *q, *k, *v;
+    float *owned[3];
+};
+
+/* r gets q, k, v as the kernel should see them. 0, or -1 with the message
+ * set (out of memory, or a backend without round_to). */
+static int qkv_prepare(struct qkv *r, const lathe_tensor *q, const lathe_tensor *k, const lathe_tensor *v)
 {
-    lathe_tensor *q = nd->in[0], *k = nd->in[1], *v = nd->in[2];
-    lathe_backend()->attention_backward(dq, dk, dv, nd->out->grad->data, q->data, k->data,
-                                        v->data, nd->saved[0]->data, nd->i[0], nd->i[1],
-                                        nd->i[2], nd->i[3], nd->i[4], nd->f[0]);
+    *r = (struct qkv){.q = q->data, .k = k->data, .v = v->data};
+    enum lathe_dtype dt = lathe_compute_dtype();
+    if (dt == LATHE_F32)
+        return 0;
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (!LATHE_OPS_HAS(be, struct lathe_backend_ops, round_to)) {
+        lathe_error(LATHE_EUNSUPPORTED, "lathe_sdpa: compute dtype %s, but backend '%s' has no round_to slot; "
+                                        "use [run] precision = fp32", lathe_dtype_name(dt), be->name);
+        return -1;
+    }
+    const lathe_tensor *in[3] = {q, k, v};
+    const float **dst[3] = {&r->q, &r->k, &r->v};
+    for (int i = 0; i < 3; i++) {
+        int64_t n = lathe_tensor_numel(in[i]);
+        r->owned[i] = be->alloc((size_t)n * sizeof(float));
+        if (!r->owned[i]) {
+            for (int j = 0; j < i; j++)
+                be->free(r->owned[j]);
+            lathe_error(LATHE_ENOMEM, "lathe_sdpa: out of memory rounding '%s' to %s", in[i]->name,
+                        lathe_dtype_name(dt));
+            return -1;
+        }
+        be->round_to(r->owned[i], in[i]->data, n, dt);
+        *dst[i] = r->owned[i];
+    }
+    return 0;
+}
+
+static void qkv_release(struct qkv *r)
+{
+    for (int i = 0; i < 3; i++)
+        if (r->owned[i])
+            lathe_backend()->free(r->owned[i]);
+}
+
+static void sdpa_kernel_backward(struct lathe_node *nd, const struct qkv *r, float *dq, float *dk, float *dv)
+{
+    lathe_backend()->attention_backward(dq, dk, dv, nd->out->grad->data, r->q, r->k, r->v, nd->saved[0]->data,
+                                        nd->i[0], nd->i[1], nd->i[2], nd->i[3], nd->i[4], nd->f[0]);
 }
 
 /* in: q, k, v[, segments]; saved: att; i: B, T, H, Hkv, D; f: scale */
@@ -24,18 +73,25 @@ static void sdpa_backward(struct lathe_node *nd)
     float *dv = lathe_node_grad(nd->in[2]); /* [B, T, Hkv, D] */
     if (!dq && !dk && !dv)
         return;
+    struct qkv r;
+    if (qkv_prepare(&r, nd->in[0], nd->in[1], nd->in[2]) != 0) {
+        /* out of memory (the message is set): the gradient from the
+         * unrounded inputs is still a gradient */
+        r = (struct qkv){.q = nd->in[0]->data, .k = nd->in[1]->data, .v = nd->in[2]->data};
+    }
     /* lathe_sdpa(x, x, x) (H == Hkv) gives one buffer two or three
      * gradients; kernels may assume distinct outputs, so add them in turn */
     if ((dq && (dq == dk || dq == dv)) || (dk && dk == dv)) {
         if (dq)
-            sdpa_kernel_backward(nd, dq, NULL, NULL);
+            sdpa_kernel_backward(nd, &r, dq, NULL, NULL);
         if (dk)
-            sdpa_kernel_backward(nd, NULL, dk, NULL);
+            sdpa_kernel_backward(nd, &r, NULL, dk, NULL);
         if (dv)
-            sdpa_kernel_backward(nd, NULL, NULL, dv);
+            sdpa_kernel_backward(nd, &r, NULL, NULL, dv);
     } else {
-        sdpa_kernel_backward(nd, dq, dk, dv);
+        sdpa_kernel_backward(nd, &r, dq, dk, dv);
     }
+    qkv_release(&r);
 }
 
 lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
@@ -92,9 +148,15 @@ lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
     lathe_tensor *att = lathe_op_result(LATHE_F32, 4, ashape);
     if (!out || !att)
         return NULL;
-    lathe_backend()->attention_forward(out->data, att->data, q->data, k->data, v->data,
-                                       segments ? segments->data : NULL, B, T, H, Hkv, D,
-                                       scale);
+    struct qkv r;
+    if (qkv_prepare(&r, q, k, v) != 0)
+        return NULL;
+    const struct lathe_backend_ops *be = lathe_backend();
+    be->attention_forward(out->data, att->data, r.q, r.k, r.v, segments ? segments->data : NULL, B, T, H, Hkv, D,
+                          scale);
+    qkv_release(&r);
+    if (lathe_compute_dtype() != LATHE_F32)
+        be->round_to(out->data, out->data, lathe_tensor_numel(out), lathe_compute_dtype());
     lathe_tensor *in[4] = {q, k, v, segments};
     struct lathe_node *nd = lathe_node_record(out, sdpa_backward, segments ? 4 : 3, in);
     if (nd) {

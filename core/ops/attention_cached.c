@@ -47,8 +47,41 @@ lathe_tensor *lathe_sdpa_cached(lathe_tensor *q, lathe_tensor *kcache, lathe_ten
     lathe_tensor *out = lathe_op_result(LATHE_F32, 4, q->shape);
     if (!out)
         return NULL;
-    be->attention_cached_forward(out->data, q->data, kcache->data, vcache->data, kseg ? kseg->data : NULL, B, T,
-                                 H, Hkv, D, Tmax, len, scale > 0 ? scale : 1.0f / sqrtf((float)D));
+    /* Under a 16-bit compute dtype (lathe_set_compute_dtype) q and the
+     * cache's first len positions enter the kernel rounded to it, as in
+     * lathe_sdpa; the rounded copies are temporaries (the cache keeps f32). */
+    const enum lathe_dtype dt = lathe_compute_dtype();
+    const float *qd = q->data, *kd = kcache->data, *vd = vcache->data;
+    float *tmp = NULL;
+    if (dt != LATHE_F32) {
+        if (!LATHE_OPS_HAS(be, struct lathe_backend_ops, round_to)) {
+            lathe_error(LATHE_EUNSUPPORTED, "sdpa_cached: compute dtype %s, but backend '%s' has no round_to slot",
+                        lathe_dtype_name(dt), be->name);
+            return NULL;
+        }
+        const int64_t nq = lathe_tensor_numel(q), row = Tmax * Hkv * D, used = len * Hkv * D;
+        tmp = be->alloc((size_t)(nq + 2 * B * row) * sizeof *tmp);
+        if (!tmp) {
+            lathe_error(LATHE_ENOMEM, "sdpa_cached: out of memory rounding q and the cache to %s", lathe_dtype_name(dt));
+            return NULL;
+        }
+        float *rq = tmp, *rk = tmp + nq, *rv = rk + B * row;
+        be->round_to(rq, qd, nq, dt);
+        /* positions at and past len are never read */
+        for (int64_t b = 0; b < B; b++) {
+            be->round_to(rk + b * row, kd + b * row, used, dt);
+            be->round_to(rv + b * row, vd + b * row, used, dt);
+        }
+        qd = rq;
+        kd = rk;
+        vd = rv;
+    }
+    be->attention_cached_forward(out->data, qd, kd, vd, kseg ? kseg->data : NULL, B, T, H, Hkv, D, Tmax, len,
+                                 scale > 0 ? scale : 1.0f / sqrtf((float)D));
+    if (tmp) {
+        be->free(tmp);
+        be->round_to(out->data, out->data, lathe_tensor_numel(out), dt);
+    }
     return out;
 }
 

@@ -1,8 +1,42 @@
-/* core/ops/linear.c — matmul, linear and the hookable linear layer. */
+/* core/ops/linear.c — matmul, linear and the hookable linear layer.
+ *
+ * Mixed precision (lathe_set_compute_dtype): under a BF16 or F16 compute
+ * dtype every product here goes through the backend's gemm_lowp, operands
+ * rounded to 16 bits and sums kept in f32. Forward outputs are rounded too,
+ * as PyTorch autocast's 16-bit result of a matmul/linear would be;
+ * backward products accumulate unrounded into the f32 gradients (the
+ * masters), which is what the f32 .grad of autocast training holds. */
+#include <lathe/abi.h>
 #include <lathe/model.h>
 #include <lathe/ops.h>
 
 #include "tensor/autograd.h"
+
+/* 0 when the backend can honour the compute dtype; else -1 with the
+ * message set (forward ops check before recording anything). */
+static int lowp_check(const char *op)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (lathe_compute_dtype() == LATHE_F32 ||
+        (LATHE_OPS_HAS(be, struct lathe_backend_ops, gemm_lowp) && LATHE_OPS_HAS(be, struct lathe_backend_ops, round_to)))
+        return 0;
+    lathe_error(LATHE_EUNSUPPORTED, "%s: compute dtype %s, but backend '%s' lacks the gemm_lowp or round_to slot; use [run] precision = fp32 "
+                                    "or a backend built against ABI 1.2", op, lathe_dtype_name(lathe_compute_dtype()), be->name);
+    return -1;
+}
+
+/* The backend's gemm at the compute dtype; round_c: round C to it. */
+static void gemm_at(int round_c, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, const float *B, float beta, float *C, int64_t batch, int64_t sa, int64_t sb,
+                    int64_t sc)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    enum lathe_dtype dt = lathe_compute_dtype();
+    if (dt != LATHE_F32 && LATHE_OPS_HAS(be, struct lathe_backend_ops, gemm_lowp))
+        be->gemm_lowp(dt, round_c, trans_a, trans_b, M, N, K, alpha, A, B, beta, C, batch, sa, sb, sc);
+    else
+        be->gemm(trans_a, trans_b, M, N, K, alpha, A, B, beta, C, batch, sa, sb, sc);
+}
 
 /* ---- matmul --------------------------------------------------------- */
 
@@ -10,7 +44,6 @@ enum { MM_TRANS_B, MM_BATCH, MM_M, MM_N, MM_K, MM_SHARED };
 
 static void matmul_backward(struct lathe_node *nd)
 {
-    const struct lathe_backend_ops *be = lathe_backend();
     lathe_tensor *a = nd->in[0], *b = nd->in[1];
     const float *dout = nd->out->grad->data; /* [batch, M, N] */
     int trans_b = (int)nd->i[MM_TRANS_B], shared = (int)nd->i[MM_SHARED];
@@ -22,15 +55,15 @@ static void matmul_backward(struct lathe_node *nd)
     int64_t rows = shared ? batch * M : M, items = shared ? 1 : batch;
     if (da) {
         /* da += dout · op(b)^T */
-        be->gemm(0, !trans_b, rows, K, N, 1.0f, dout, b->data, 1.0f, da, items, M * N,
+        gemm_at(0, 0, !trans_b, rows, K, N, 1.0f, dout, b->data, 1.0f, da, items, M * N,
                  shared ? 0 : K * N, M * K);
     }
     if (db) {
         if (!trans_b) /* db[K,N] += a^T · dout */
-            be->gemm(1, 0, K, N, rows, 1.0f, a->data, dout, 1.0f, db, items, M * K, M * N,
+            gemm_at(0, 1, 0, K, N, rows, 1.0f, a->data, dout, 1.0f, db, items, M * K, M * N,
                      K * N);
         else /* db[N,K] += dout^T · a */
-            be->gemm(1, 0, N, K, rows, 1.0f, dout, a->data, 1.0f, db, items, M * N, M * K,
+            gemm_at(0, 1, 0, N, K, rows, 1.0f, dout, a->data, 1.0f, db, items, M * N, M * K,
                      K * N);
     }
 }
@@ -38,7 +71,7 @@ static void matmul_backward(struct lathe_node *nd)
 lathe_tensor *lathe_matmul(lathe_tensor *a, lathe_tensor *b, int trans_b)
 {
     LATHE_OP_CHECK_INPUTS(a, b);
-    if (lathe_op_expect_f32("lathe_matmul", a) || lathe_op_expect_f32("lathe_matmul", b))
+    if (lathe_op_expect_f32("lathe_matmul", a) || lathe_op_expect_f32("lathe_matmul", b) || lowp_check("lathe_matmul"))
         return NULL;
     char sa[96], sb[96];
     lathe_tensor_shape_str(a, sa, sizeof sa);
@@ -79,13 +112,10 @@ lathe_tensor *lathe_matmul(lathe_tensor *a, lathe_tensor *b, int trans_b)
     lathe_tensor *out = lathe_op_result(LATHE_F32, na, shape);
     if (!out)
         return NULL;
-    const struct lathe_backend_ops *be = lathe_backend();
     if (shared)
-        be->gemm(0, trans_b, batch * M, N, K, 1.0f, a->data, b->data, 0.0f, out->data, 1, 0, 0,
-                 0);
+        gemm_at(1, 0, trans_b, batch * M, N, K, 1.0f, a->data, b->data, 0.0f, out->data, 1, 0, 0, 0);
     else
-        be->gemm(0, trans_b, M, N, K, 1.0f, a->data, b->data, 0.0f, out->data, batch, M * K,
-                 K * N, M * N);
+        gemm_at(1, 0, trans_b, M, N, K, 1.0f, a->data, b->data, 0.0f, out->data, batch, M * K, K * N, M * N);
     lathe_tensor *in[2] = {a, b};
     struct lathe_node *nd = lathe_node_record(out, matmul_backward, 2, in);
     if (nd) {
@@ -132,12 +162,12 @@ static void linear_backward(struct lathe_node *nd)
         float *wf = weight_f32(w);
         if (!wf)
             return; /* out of memory: the message is set; dx stays partial */
-        be->gemm(0, 0, N, IC, OC, 1.0f, dout, wf, 1.0f, dx, 1, 0, 0, 0);
+        gemm_at(0, 0, 0, N, IC, OC, 1.0f, dout, wf, 1.0f, dx, 1, 0, 0, 0);
         if (wf != w->data)
             be->free(wf);
     }
     if (dw) /* dw += dout^T · x, straight into the gradient (beta = 1) */
-        be->gemm(1, 0, OC, IC, N, 1.0f, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
+        gemm_at(0, 1, 0, OC, IC, N, 1.0f, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
     if (nd->nin > 2) {
         float *db = lathe_node_grad(nd->in[2]); /* [OC] */
         if (db)
@@ -148,7 +178,8 @@ static void linear_backward(struct lathe_node *nd)
 lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias)
 {
     LATHE_OP_CHECK_INPUTS(x, w);
-    if (lathe_op_expect_f32("lathe_linear", x) || (bias && lathe_op_expect_f32("lathe_linear", bias)))
+    if (lathe_op_expect_f32("lathe_linear", x) || (bias && lathe_op_expect_f32("lathe_linear", bias)) ||
+        lowp_check("lathe_linear"))
         return NULL;
     if (w->dtype == LATHE_BF16 || w->dtype == LATHE_F16) {
         if (w->requires_grad) {
@@ -189,11 +220,15 @@ lathe_tensor *lathe_linear(lathe_tensor *x, lathe_tensor *w, lathe_tensor *bias)
     float *wf = weight_f32(w);
     if (!wf)
         return NULL;
-    be->gemm(0, 1, N, OC, IC, 1.0f, x->data, wf, 0.0f, out->data, 1, 0, 0, 0);
+    /* with a bias, the rounding to the compute dtype comes after it */
+    gemm_at(!bias, 0, 1, N, OC, IC, 1.0f, x->data, wf, 0.0f, out->data, 1, 0, 0, 0);
     if (wf != w->data)
         be->free(wf);
-    if (bias)
+    if (bias) {
         be->bias_forward(out->data, bias->data, N, OC);
+        if (lathe_compute_dtype() != LATHE_F32)
+            be->round_to(out->data, out->data, N * OC, lathe_compute_dtype());
+    }
     lathe_tensor *in[3] = {x, w, bias};
     struct lathe_node *nd = lathe_node_record(out, linear_backward, bias ? 3 : 2, in);
     if (nd) {
@@ -236,16 +271,16 @@ static void linear_accumulate_backward(struct lathe_node *nd)
     if (dy)
         be->scale(dy, dout, 1.0f, N * OC, 1);
     if (dx)
-        be->gemm(0, 0, N, IC, OC, s, dout, w->data, 1.0f, dx, 1, 0, 0, 0);
+        gemm_at(0, 0, 0, N, IC, OC, s, dout, w->data, 1.0f, dx, 1, 0, 0, 0);
     if (dw)
-        be->gemm(1, 0, OC, IC, N, s, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
+        gemm_at(0, 1, 0, OC, IC, N, s, dout, x->data, 1.0f, dw, 1, 0, 0, 0);
 }
 
 lathe_tensor *lathe_linear_accumulate(lathe_tensor *y, lathe_tensor *x, lathe_tensor *w, float scale)
 {
     LATHE_OP_CHECK_INPUTS(y, x, w);
     const char *op = "lathe_linear_accumulate";
-    if (lathe_op_expect_f32(op, y) || lathe_op_expect_f32(op, x) || lathe_op_expect_f32(op, w))
+    if (lathe_op_expect_f32(op, y) || lathe_op_expect_f32(op, x) || lathe_op_expect_f32(op, w) || lowp_check(op))
         return NULL;
     char sy[96], sx[96], sw[96];
     int64_t IC = w->ndim == 2 ? w->shape[1] : -1, OC = w->ndim == 2 ? w->shape[0] : -1;
@@ -261,7 +296,9 @@ lathe_tensor *lathe_linear_accumulate(lathe_tensor *y, lathe_tensor *x, lathe_te
     lathe_tensor *out = lathe_op_view(y, y->ndim, y->shape);
     if (!out)
         return NULL;
-    lathe_backend()->gemm(0, 1, N, OC, IC, scale, x->data, w->data, 1.0f, out->data, 1, 0, 0, 0);
+    /* y + scale * x w^T rounded as a whole: autocast's 16-bit y plus a
+     * 16-bit update rounds once more in the addition */
+    gemm_at(1, 0, 1, N, OC, IC, scale, x->data, w->data, 1.0f, out->data, 1, 0, 0, 0);
     lathe_tensor *in[3] = {y, x, w};
     struct lathe_node *nd = lathe_node_record(out, linear_accumulate_backward, 3, in);
     if (nd) {

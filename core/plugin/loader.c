@@ -51,7 +51,8 @@ static const struct {
     [LATHE_KIND_MODEL] = {offsetof(struct lathe_model_ops, cache_new), "struct lathe_model_ops"},
     [LATHE_KIND_PEFT] = {offsetof(struct lathe_peft_ops, set_enabled), "struct lathe_peft_ops"},
     [LATHE_KIND_STRATEGY] = {offsetof(struct lathe_strategy_ops, optim_params), "struct lathe_strategy_ops"},
-    [LATHE_KIND_COMM] = {sizeof(struct lathe_comm_ops), "struct lathe_comm_ops"},
+    /* minor 2 appended split */
+    [LATHE_KIND_COMM] = {offsetof(struct lathe_comm_ops, split), "struct lathe_comm_ops"},
     [LATHE_KIND_LOSS] = {sizeof(struct lathe_loss_ops), "struct lathe_loss_ops"},
     [LATHE_KIND_REWARD] = {sizeof(struct lathe_reward_ops), "struct lathe_reward_ops"},
     [LATHE_KIND_DATA] = {sizeof(struct lathe_data_ops), "struct lathe_data_ops"},

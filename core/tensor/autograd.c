@@ -15,6 +15,9 @@ static struct lathe_node **tape;
 static size_t tape_n, tape_cap;
 static int no_grad_depth;
 static int tape_broken; /* a record could not be stored */
+static int backward_rc;  /* a backward function failed */
+static unsigned long probe_count;
+static int pause_depth; /* recording paused while grad mode stays on */
 
 size_t lathe_tape_length(void) { return tape_n; }
 
@@ -43,15 +46,48 @@ void lathe_no_grad_end(void)
 }
 int lathe_grad_enabled(void) { return no_grad_depth == 0; }
 
+int lathe_no_grad_swap(int depth)
+{
+    int old = no_grad_depth;
+    no_grad_depth = depth;
+    return old;
+}
+
+unsigned long lathe_grad_probe(void) { return probe_count; }
+
+int lathe_record_pause(int depth)
+{
+    int old = pause_depth;
+    pause_depth = depth;
+    return old;
+}
+
+void lathe_backward_fail(int rc)
+{
+    if (backward_rc == LATHE_OK)
+        backward_rc = rc;
+}
+
 struct lathe_node *lathe_node_record(lathe_tensor *out, lathe_backward_fn fn, int nin,
                                      lathe_tensor *const *in)
 {
-    if (no_grad_depth > 0 || !out)
+    return lathe_node_record_ex(out, fn, nin, in, 0, 0);
+}
+
+struct lathe_node *lathe_node_record_ex(lathe_tensor *out, lathe_backward_fn fn, int nin,
+                                        lathe_tensor *const *in, int force, int always)
+{
+    if (!out)
         return NULL;
-    int need = 0;
+    int need = force;
     for (int i = 0; i < nin; i++)
         if (in[i] && in[i]->requires_grad)
             need = 1;
+    if (no_grad_depth > 0 || pause_depth > 0) {
+        if (need)
+            probe_count++;
+        return NULL;
+    }
     if (!need)
         return NULL;
     if (tape_n == tape_cap) {
@@ -72,6 +108,7 @@ struct lathe_node *lathe_node_record(lathe_tensor *out, lathe_backward_fn fn, in
     }
     memcpy(ins, in, sizeof *ins * (size_t)nin);
     nd->backward = fn;
+    nd->always = always;
     nd->out = out;
     nd->nin = nin;
     nd->in = ins;
@@ -107,6 +144,8 @@ void lathe_tensor_zero_grad(lathe_tensor *t)
         lathe_backend()->zero(t->grad->data, lathe_tensor_nbytes(t->grad));
 }
 
+static int walk(size_t mark, const lathe_tensor *keep);
+
 int lathe_backward(lathe_tensor *loss, float scale)
 {
     if (!loss)
@@ -128,19 +167,33 @@ int lathe_backward(lathe_tensor *loss, float scale)
     be->copy(&cur, g, sizeof cur, 0);
     cur += seed;
     be->copy(g, &cur, sizeof cur, 1);
-    for (size_t i = tape_n; i-- > 0;) {
+    backward_rc = LATHE_OK;
+    return walk(0, loss);
+}
+
+/* Records [mark, tape_n) newest first. A backward function may append
+ * records and walk them itself (recomputation) as long as it truncates
+ * the tape back before returning; tape[i] is re-read every time because
+ * such appends may move the array. */
+static int walk(size_t mark, const lathe_tensor *keep)
+{
+    for (size_t i = tape_n; i-- > mark;) {
         struct lathe_node *nd = tape[i];
-        if (!nd->out->grad)
+        if (!nd->out->grad && !nd->always)
             continue;
         nd->backward(nd);
+        if (backward_rc != LATHE_OK)
+            return backward_rc;
         /* an intermediate's gradient is spent once its record has run */
-        if ((nd->out->flags & LATHE_TENSOR_SCOPED) && nd->out != loss) {
+        if (nd->out->grad && (nd->out->flags & LATHE_TENSOR_SCOPED) && nd->out != keep) {
             lathe_tensor_destroy(nd->out->grad);
             nd->out->grad = NULL;
         }
     }
     return LATHE_OK;
 }
+
+int lathe_tape_walk(size_t mark) { return walk(mark, NULL); }
 
 /* ---- shared op helpers ---- */
 
@@ -167,3 +220,17 @@ int64_t lathe_op_rows(const lathe_tensor *x)
     int64_t last = x->shape[x->ndim - 1];
     return last ? lathe_tensor_numel(x) / last : 0;
 }
+
+/* ---- compute precision (lathe/tensor.h) ---- */
+
+static enum lathe_dtype compute_dtype = LATHE_F32;
+
+int lathe_set_compute_dtype(enum lathe_dtype dt)
+{
+    if (dt != LATHE_F32 && dt != LATHE_BF16 && dt != LATHE_F16)
+        return lathe_error(LATHE_EINVAL, "compute dtype must be F32, BF16 or F16, not %s", lathe_dtype_name(dt));
+    compute_dtype = dt;
+    return LATHE_OK;
+}
+
+enum lathe_dtype lathe_compute_dtype(void) { return compute_dtype; }

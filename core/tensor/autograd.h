@@ -44,6 +44,7 @@ struct lathe_node {
     float f[4];                                /* scalar arguments */
     int64_t i[8];                              /* integer arguments */
     void *extra;                               /* free()d with the node */
+    int always;                                /* run even if out got no gradient */
 };
 
 /* Record `out` as made by an op from `in`, if grad mode is on and any input
@@ -53,6 +54,36 @@ struct lathe_node {
  * save" — lathe_backward then reports the failure. */
 struct lathe_node *lathe_node_record(lathe_tensor *out, lathe_backward_fn fn, int nin,
                                      lathe_tensor *const *in);
+
+/* The same, also when no input requires grad (force: out then requires
+ * grad anyway) and, with always, run in the backward pass even if out
+ * received no gradient (markers such as segment boundaries). Grad mode
+ * must be on; NULL otherwise. */
+struct lathe_node *lathe_node_record_ex(lathe_tensor *out, lathe_backward_fn fn, int nin,
+                                        lathe_tensor *const *in, int force, int always);
+
+/* Called by a backward function that fails (it cannot return a status):
+ * lathe_backward then returns rc with the message already set. */
+void lathe_backward_fail(int rc);
+
+/* How many ops inside no_grad regions had an input that requires grad
+ * (they would have been recorded). A running count: compare two readings. */
+unsigned long lathe_grad_probe(void);
+
+/* Run the backward functions of records [mark, tape end), newest first, as
+ * lathe_backward does; for a nested pass started inside a backward
+ * function (recomputation). Returns the first failure. */
+int lathe_tape_walk(size_t mark);
+
+/* Set the depth of paused recording (0: recording on) and return the old
+ * one. Unlike no_grad, lathe_grad_enabled() stays true — what a segment's
+ * first forward needs when it will be recomputed with recording on: code
+ * that takes grad mode for training mode (adapter dropout) behaves the
+ * same both times. */
+int lathe_record_pause(int depth);
+
+/* Swap the no_grad nesting depth (0: grad on); returns the old depth. */
+int lathe_no_grad_swap(int depth);
 
 /* The f32 gradient buffer of t (made zeroed if needed), or NULL if t does not
  * require grad. For use inside backward functions. */

@@ -217,7 +217,8 @@ int lathe_state_write(const lathe_state *st, const char *dir)
         switch (e->kind) {
         case ENTRY_TENSOR:
             ents[k++] = (struct lathe_st_entry){.name = e->key, .dtype = e->t->dtype, .ndim = e->t->ndim,
-                                                .shape = e->t->shape, .data = e->t->data};
+                                                .shape = e->t->shape, .data = e->t->data,
+                                                .on_device = e->t->device != LATHE_DEVICE_CPU};
             break;
         case ENTRY_I64: rc = json_object_set_new(root, e->key, json_integer(e->i)) ? LATHE_ENOMEM : LATHE_OK; break;
         case ENTRY_F64: rc = json_object_set_new(root, e->key, json_real(e->f)) ? LATHE_ENOMEM : LATHE_OK; break;

@@ -168,8 +168,13 @@ void lathe_tensor_destroy(lathe_tensor *t)
         return;
     if (t->grad)
         lathe_tensor_destroy(t->grad);
-    if (t->flags & LATHE_TENSOR_OWNS_DATA)
-        lathe_backend()->free(t->data);
+    /* a host tensor may outlive a device backend's reign, and the reverse */
+    if (t->flags & LATHE_TENSOR_OWNS_DATA) {
+        const struct lathe_backend_ops *be = lathe_backend();
+        if ((int)t->device != be->device && t->device == LATHE_DEVICE_CPU)
+            be = lathe_backend_cpu();
+        be->free(t->data);
+    }
     free(t);
 }
 
@@ -250,6 +255,32 @@ int32_t *lathe_tensor_i32(const lathe_tensor *t)
     return t && t->dtype == LATHE_I32 ? (int32_t *)t->data : NULL;
 }
 
+/* Host-to-host copy with dtype conversion (both buffers on the host). */
+static int host_convert(void *dst, enum lathe_dtype ddt, const void *src, enum lathe_dtype sdt, size_t n)
+{
+    if (sdt == ddt) {
+        memcpy(dst, src, n * lathe_dtype_size(sdt));
+        return LATHE_OK;
+    }
+    if (ddt == LATHE_F32) {
+        lathe_convert_to_f32(dst, src, sdt, n);
+        return LATHE_OK;
+    }
+    if (sdt == LATHE_F32) {
+        lathe_convert_from_f32(dst, ddt, src, n);
+        return LATHE_OK;
+    }
+    float *tmp = malloc(n * sizeof *tmp + 1);
+    if (!tmp)
+        return lathe_error(LATHE_ENOMEM, "copy: out of memory");
+    lathe_convert_to_f32(tmp, src, sdt, n);
+    lathe_convert_from_f32(dst, ddt, tmp, n);
+    free(tmp);
+    return LATHE_OK;
+}
+
+static int is_float16(enum lathe_dtype dt) { return dt == LATHE_F32 || dt == LATHE_BF16 || dt == LATHE_F16; }
+
 int lathe_tensor_copy(lathe_tensor *dst, const lathe_tensor *src)
 {
     int64_t n = lathe_tensor_numel(src);
@@ -258,25 +289,35 @@ int lathe_tensor_copy(lathe_tensor *dst, const lathe_tensor *src)
         return lathe_error(LATHE_EINVAL, "copy: %s into %s: sizes differ",
                            lathe_tensor_shape_str(src, a, sizeof a), lathe_tensor_shape_str(dst, b, sizeof b));
     }
-    if (src->dtype == dst->dtype) {
-        memcpy(dst->data, src->data, lathe_tensor_nbytes(src));
+    int sdev = src->device != LATHE_DEVICE_CPU, ddev = dst->device != LATHE_DEVICE_CPU;
+    if (!sdev && !ddev)
+        return host_convert(dst->data, dst->dtype, src->data, src->dtype, (size_t)n);
+    /* A device buffer is reached only through its backend (the current
+     * one): never by the host directly. */
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (sdev && ddev && (src->dtype == dst->dtype || (is_float16(src->dtype) && is_float16(dst->dtype)))) {
+        be->convert(dst->data, (int)dst->dtype, src->data, (int)src->dtype, n);
         return LATHE_OK;
     }
-    if (dst->dtype == LATHE_F32) {
-        lathe_convert_to_f32(dst->data, src->data, src->dtype, (size_t)n);
-        return LATHE_OK;
-    }
-    if (src->dtype == LATHE_F32) {
-        lathe_convert_from_f32(dst->data, dst->dtype, src->data, (size_t)n);
-        return LATHE_OK;
-    }
-    float *tmp = malloc((size_t)n * sizeof *tmp + 1);
-    if (!tmp)
-        return lathe_error(LATHE_ENOMEM, "copy: out of memory");
-    lathe_convert_to_f32(tmp, src->data, src->dtype, (size_t)n);
-    lathe_convert_from_f32(dst->data, dst->dtype, tmp, (size_t)n);
-    free(tmp);
-    return LATHE_OK;
+    if (!sdev && src->dtype == dst->dtype)
+        return be->copy(dst->data, src->data, lathe_tensor_nbytes(src), 1);
+    if (!ddev && src->dtype == dst->dtype)
+        return be->copy(dst->data, src->data, lathe_tensor_nbytes(src), 0);
+    /* conversion on the host between staging buffers */
+    void *hs = sdev ? malloc(lathe_tensor_nbytes(src) + 1) : src->data;
+    void *hd = ddev ? malloc(lathe_tensor_nbytes(dst) + 1) : dst->data;
+    int rc = hs && hd ? LATHE_OK : lathe_error(LATHE_ENOMEM, "copy: out of memory staging a device tensor");
+    if (rc == LATHE_OK && sdev)
+        rc = be->copy(hs, src->data, lathe_tensor_nbytes(src), 0);
+    if (rc == LATHE_OK)
+        rc = host_convert(hd, dst->dtype, hs, src->dtype, (size_t)n);
+    if (rc == LATHE_OK && ddev)
+        rc = be->copy(dst->data, hd, lathe_tensor_nbytes(dst), 1);
+    if (sdev)
+        free(hs);
+    if (ddev)
+        free(hd);
+    return rc;
 }
 
 int lathe_tensor_set_dtype(lathe_tensor *t, enum lathe_dtype dt)
@@ -290,17 +331,18 @@ int lathe_tensor_set_dtype(lathe_tensor *t, enum lathe_dtype dt)
                            t->name);
     if ((unsigned)dt >= LATHE_DTYPE_COUNT)
         return lathe_error(LATHE_EINVAL, "set_dtype: unknown dtype %d", (int)dt);
+    const struct lathe_backend_ops *be = t->device == LATHE_DEVICE_CPU ? lathe_backend_cpu() : lathe_backend();
     lathe_tensor tmp = *t;
     tmp.dtype = dt;
-    tmp.data = lathe_backend()->alloc(lathe_tensor_nbytes(&tmp) + 1);
+    tmp.data = be->alloc(lathe_tensor_nbytes(&tmp) + 1);
     if (!tmp.data)
         return lathe_error(LATHE_ENOMEM, "set_dtype: out of memory converting '%s'", t->name);
     int rc = lathe_tensor_copy(&tmp, t);
     if (rc != LATHE_OK) {
-        lathe_backend()->free(tmp.data);
+        be->free(tmp.data);
         return rc;
     }
-    lathe_backend()->free(t->data);
+    be->free(t->data);
     t->data = tmp.data;
     t->dtype = dt;
     if (t->grad) {
@@ -354,3 +396,26 @@ void lathe_scope_pop(void)
 }
 
 int lathe_scope_depth(void) { return scope_depth; }
+
+int lathe_scope_keep(lathe_tensor *t)
+{
+    if (!t || scope_depth == 0 || !(t->flags & LATHE_TENSOR_SCOPED))
+        return lathe_error(LATHE_EINVAL, "lathe_scope_keep: not a tensor of the open scope");
+    if (t->base || !(t->flags & LATHE_TENSOR_OWNS_DATA))
+        return lathe_error(LATHE_EINVAL, "lathe_scope_keep: a view cannot outlive its base");
+    struct scope *s = &scopes[scope_depth - 1];
+    size_t i = s->n;
+    while (i > 0 && s->items[i - 1] != t)
+        i--;
+    if (i == 0)
+        return lathe_error(LATHE_EINVAL, "lathe_scope_keep: '%s' was not made in the innermost scope", t->name);
+    memmove(&s->items[i - 1], &s->items[i], (s->n - i) * sizeof *s->items);
+    s->n--;
+    t->flags &= ~LATHE_TENSOR_SCOPED;
+    if (scope_depth == 1)
+        return LATHE_OK; /* now the caller's */
+    scope_depth--;
+    int rc = scope_add(t);
+    scope_depth++;
+    return rc;
+}

@@ -12,6 +12,10 @@ lathe_tensor *lathe_tensor_alloc_raw(enum lathe_dtype dt, int ndim, const int64_
 /* Free t, its grad and (if owned) its buffer, whatever its flags. */
 void lathe_tensor_destroy(lathe_tensor *t);
 int lathe_scope_depth(void);
+/* Move t (an owning, non-view tensor of the innermost scope) into the
+ * enclosing scope, or to the caller when there is none, so that it
+ * survives the next lathe_scope_pop. */
+int lathe_scope_keep(lathe_tensor *t);
 
 size_t lathe_tape_length(void);
 /* Free the records from index `mark` on. */

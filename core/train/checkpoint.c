@@ -142,6 +142,13 @@ static int put_components(struct lathe_run *run, lathe_state *st, const struct l
             snprintf(key, sizeof key, "rng.%d", i);
             rc = lathe_state_put_i64(st, key, (int64_t)g->s[i]);
         }
+        /* fp16: the loss scaler continues where it was (train/scaler.h) */
+        const struct lathe_loss_scaler *sc = &run->scaler;
+        if (rc == LATHE_OK && sc->enabled) {
+            rc = lathe_state_put_f64(st, "loss_scale", sc->scale);
+            rc = rc ? rc : lathe_state_put_i64(st, "loss_scale_clean_steps", sc->clean_steps);
+            rc = rc ? rc : lathe_state_put_i64(st, "skipped_steps", sc->skipped_steps);
+        }
     }
     return rc;
 }
@@ -149,6 +156,26 @@ static int put_components(struct lathe_run *run, lathe_state *st, const struct l
 static int save_shared(struct lathe_run *run, const struct lathe_loop_state *ls, const char *root, const char *dir,
                        const char *tmp);
 static int publish(struct lathe_run *run, const char *root, const char *dir, const char *tmp);
+
+int lathe_run_whole_params(struct lathe_run *run, int whole)
+{
+    const struct lathe_strategy_ops *so = run->strategy.ops;
+    const struct lathe_model_ops *mo = run->model.ops;
+    if (!run->strategy.self || !LATHE_OPS_HAS(so, struct lathe_strategy_ops, release) || !so->acquire ||
+        !so->release || !LATHE_OPS_HAS(mo, struct lathe_model_ops, segments) || !mo->segments)
+        return LATHE_OK;
+    const struct lathe_segment *const *segs;
+    size_t n;
+    int rc = mo->segments(run->model.self, &segs, &n);
+    for (size_t i = 0; rc == LATHE_OK && whole && i < n; i++)
+        rc = so->acquire(run->strategy.self, segs[i]);
+    for (size_t i = 0; !whole && i < n; i++) { /* release all, whatever fails */
+        int r = so->release(run->strategy.self, segs[i], 0);
+        rc = rc == LATHE_OK ? r : rc;
+    }
+    return rc == LATHE_OK ? rc : lathe_error_prefix(rc, "[parallel] %s: %s the model's segments", run->strategy.name,
+                                                    whole ? "gathering" : "releasing");
+}
 
 /* Every rank calls this. Rank 0 writes the shared state; with a sharding
  * strategy every rank then writes its optimizer shard into the same
@@ -159,7 +186,11 @@ int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *
     snprintf(root, sizeof root, "%s/checkpoints", run->output_dir);
     snprintf(dir, sizeof dir, "%s/step-%08lld", root, (long long)ls->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
-    int rc = run->env.rank == 0 ? save_shared(run, ls, root, dir, tmp) : LATHE_OK;
+    int rc = lathe_run_whole_params(run, 1);
+    if (rc == LATHE_OK && run->env.rank == 0)
+        rc = save_shared(run, ls, root, dir, tmp);
+    int wrc = lathe_run_whole_params(run, 0);
+    rc = rc != LATHE_OK ? rc : wrc;
     /* every rank enters every barrier, whatever failed, so that no
      * collective is left half-entered (barriers are no-ops in one process) */
     int brc = lathe_run_barrier(run);
@@ -260,6 +291,17 @@ static int get_components(struct lathe_run *run, lathe_state *st, struct lathe_l
             rc = lathe_state_get_i64(st, key, &v);
             g->s[i] = (uint64_t)v;
         }
+        /* a checkpoint of an fp32 or bf16 run has no scaler: an fp16 run
+         * resumed from it starts from the configured scale */
+        struct lathe_loss_scaler *sc = &run->scaler;
+        double scale;
+        if (rc == LATHE_OK && sc->enabled && lathe_state_get_f64(st, "loss_scale", &scale) == LATHE_OK) {
+            rc = lathe_state_get_i64(st, "loss_scale_clean_steps", &sc->clean_steps);
+            rc = rc ? rc : lathe_state_get_i64(st, "skipped_steps", &sc->skipped_steps);
+            /* a fixed scale is the configuration's, whatever the checkpoint says */
+            if (sc->dynamic)
+                sc->scale = scale;
+        }
     }
     return rc;
 }
@@ -278,14 +320,16 @@ int lathe_checkpoint_load_latest(struct lathe_run *run, struct lathe_loop_state 
     snprintf(dir, dn, "%s/step-%08lld", root, (long long)steps[n - 1]);
     free(steps);
     lathe_state *st;
-    rc = lathe_state_read(&st, dir);
-    if (rc == LATHE_OK) {
+    rc = lathe_run_whole_params(run, 1);
+    if (rc == LATHE_OK && (rc = lathe_state_read(&st, dir)) == LATHE_OK) {
         rc = get_components(run, st, ls);
         lathe_state_free(st);
     }
     if (rc == LATHE_OK && strategy_keeps_optim(run))
         rc = ((const struct lathe_strategy_ops *)run->strategy.ops)
                  ->state_load(run->strategy.self, run->optim.ops, run->optim.self, dir);
+    int wrc = lathe_run_whole_params(run, 0);
+    rc = rc != LATHE_OK ? rc : wrc;
     if (rc != LATHE_OK)
         return lathe_error_prefix(rc, "resuming from %s", dir);
     return LATHE_OK;

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -62,7 +63,12 @@ static lathe_tensor *rows_of(lathe_tensor *t, int64_t from, int64_t n)
     if (!out)
         return NULL;
     size_t row = lathe_tensor_nbytes(t) / (size_t)t->shape[0];
-    lathe_backend()->copy(out->data, (const char *)t->data + (size_t)from * row, (size_t)n * row, 1);
+    const char *src = (const char *)t->data + (size_t)from * row;
+    if (t->device == LATHE_DEVICE_CPU)
+        memcpy(out->data, src, (size_t)n * row);
+    else /* device to device: the backend's same-dtype convert is a copy */
+        lathe_backend()->convert(out->data, (int)t->dtype, src, (int)t->dtype,
+                                 (int64_t)((size_t)n * row / lathe_dtype_size(t->dtype)));
     return out;
 }
 
@@ -84,10 +90,19 @@ static int batch_shard(struct lathe_batch *b, int rank, int world)
     b->ref_logps = rows_of(b->ref_logps, from, n);
     b->B = n;
     if (labels) {
-        const int32_t *l = lathe_tensor_i32(labels);
-        int64_t cnt = 0;
-        for (int64_t i = 0; l && i < lathe_tensor_numel(labels); i++)
+        /* counted on the host: a device tensor is read through the backend */
+        int64_t nl = lathe_tensor_numel(labels), cnt = 0;
+        int32_t *l = labels->device == LATHE_DEVICE_CPU ? lathe_tensor_i32(labels) : malloc((size_t)nl * sizeof *l + 1);
+        if (!l)
+            return lathe_error(LATHE_ENOMEM, "out of memory counting a batch's labels");
+        if (l != labels->data && lathe_backend()->copy(l, labels->data, (size_t)nl * sizeof *l, 0) != LATHE_OK) {
+            free(l);
+            return lathe_error_prefix(LATHE_ERR, "reading a batch's labels from the device");
+        }
+        for (int64_t i = 0; i < nl; i++)
             cnt += l[i] != LATHE_IGNORE_INDEX;
+        if (l != labels->data)
+            free(l);
         b->ntokens = cnt;
     }
     return LATHE_OK;
@@ -154,13 +169,16 @@ static double grad_norm(struct lathe_run *run)
     return sqrt(total);
 }
 
-/* Global-norm clipping as torch.nn.utils.clip_grad_norm_. */
-static void clip_grads(struct lathe_run *run, double norm)
+/* Global-norm clipping as torch.nn.utils.clip_grad_norm_, of gradients
+ * that are still `unscale` times too large (fp16 loss scaling; 1 without):
+ * one pass applies both factors. norm: the true (unscaled) norm. */
+static void clip_grads(struct lathe_run *run, double norm, double unscale)
 {
     double max = run->train.max_grad_norm;
-    if (max <= 0.0 || !(norm > max))
+    double c64 = unscale * (max > 0.0 && norm > max ? max / (norm + 1e-6) : 1.0);
+    if (c64 == 1.0)
         return;
-    float c = (float)(max / (norm + 1e-6));
+    float c = (float)c64;
     const struct lathe_backend_ops *be = lathe_backend();
     for (size_t i = 0; i < run->noptim; i++) {
         lathe_tensor *g = run->optim_params[i]->grad;
@@ -357,6 +375,7 @@ int lathe_run_train(struct lathe_run *run)
 
     const double base_lr = OPTIM(run)->base_lr(run->optim.self);
     const float scale = 1.0f / (float)t->grad_accum;
+    struct lathe_loss_scaler *scaler = &run->scaler;
     double started = now_s();
     int64_t first = ls.step;
     lathe_report_clear(); /* nothing reported while components were made counts for step 1 */
@@ -375,7 +394,9 @@ int lathe_run_train(struct lathe_run *run)
         for (int64_t m = 0; rc == LATHE_OK && m < t->grad_accum; m++) {
             double l;
             int64_t tok, lab;
-            rc = micro_step(run, LATHE_SPLIT_TRAIN, 1, scale, &l, &tok, &lab);
+            /* fp16: the backward starts from loss x loss scale */
+            rc = micro_step(run, LATHE_SPLIT_TRAIN, 1, scaler->enabled ? (float)(scale * scaler->scale) : scale,
+                            &l, &tok, &lab);
             if (rc == LATHE_EOF)
                 rc = lathe_error(LATHE_EINVAL, "[data] %s: the train split ran dry", run->data.name);
             loss_sum += l;
@@ -387,16 +408,33 @@ int lathe_run_train(struct lathe_run *run)
             rc = lathe_error_prefix(rc, "[parallel] %s: reduce_grads", run->strategy.name);
             break;
         }
+        /* the global norm (across ranks) is inf or NaN exactly when some
+         * gradient is: under fp16 that is the loss scaler's overflow test */
         double norm = grad_norm(run);
-        if (!isfinite(norm)) {
+        double step_scale = scaler->scale;
+        int skip = lathe_loss_scaler_update(scaler, isfinite(norm));
+        if (!isfinite(norm) && !scaler->enabled) {
             rc = lathe_error(LATHE_EINVAL, "step %lld: the gradient norm is %g; lower [optim] lr",
                              (long long)ls.step + 1, norm);
             break;
         }
-        clip_grads(run, norm);
-        if ((rc = OPTIM(run)->step(run->optim.self, lr)) != LATHE_OK) {
-            rc = lathe_error_prefix(rc, "[optim] %s", run->optim.name);
+        if (skip && scaler->scale < LATHE_LOSS_SCALE_MIN) {
+            rc = lathe_error(LATHE_EINVAL, "step %lld: the gradients are %g at a loss scale of %g: not finite at any "
+                                           "scale, training diverged (lower [optim] lr)",
+                             (long long)ls.step + 1, norm, step_scale);
             break;
+        }
+        if (skip) {
+            lathe_progress_note("step %lld: gradients overflowed at loss scale %g; update skipped, scale now %g",
+                                (long long)ls.step + 1, step_scale, scaler->scale);
+        } else {
+            if (scaler->enabled)
+                norm /= step_scale;
+            clip_grads(run, norm, scaler->enabled ? 1.0 / step_scale : 1.0);
+            if ((rc = OPTIM(run)->step(run->optim.self, lr)) != LATHE_OK) {
+                rc = lathe_error_prefix(rc, "[optim] %s", run->optim.name);
+                break;
+            }
         }
         for (size_t i = 0; i < run->ntrainable; i++)
             lathe_tensor_zero_grad(run->trainable[i]);
@@ -421,10 +459,12 @@ int lathe_run_train(struct lathe_run *run)
         double eta = (now_s() - started) / (double)(ls.step - first) * (double)(t->steps - ls.step);
         if (ls.step % t->log_every == 0 || ls.step == t->steps) {
             /* the step's own scalars, then what components reported */
-            const char *names[4 + 64] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"};
-            double v[4 + 64] = {loss, lr, norm, tps};
-            size_t nr = lathe_report_take(names + 4, v + 4, 64);
-            rc = log_scalars(run, ls.step, names, v, 4 + nr);
+            const char *names[6 + 64] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                                         "train/loss_scale", "train/skipped_steps"};
+            double v[6 + 64] = {loss, lr, norm, tps, step_scale, (double)scaler->skipped_steps};
+            size_t nf = scaler->enabled ? 6 : 4; /* the scale used by this step, and the skips so far */
+            size_t nr = lathe_report_take(names + nf, v + nf, 64);
+            rc = log_scalars(run, ls.step, names, v, nf + nr);
             lathe_progress_step(run, ls.step, loss, lr, norm, tps, eta);
         }
         lathe_report_clear();
@@ -453,6 +493,9 @@ int lathe_run_train(struct lathe_run *run)
             rc = lathe_checkpoint_save(run, &ls);
     }
     lathe_progress_done(run);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) /* ru_maxrss: KiB on Linux */
+        lathe_progress_note("peak RSS %.1f MiB", (double)ru.ru_maxrss / 1024.0);
     for (size_t i = 0; i < run->nloggers; i++)
         if (LATHE_OPS_HAS(run->log_ops[i], struct lathe_logger_ops, flush))
             run->log_ops[i]->flush(run->log_self[i]);
@@ -463,8 +506,12 @@ int lathe_run_train(struct lathe_run *run)
                             (int)stop_signal, (long long)ls.step);
         return lathe_error(LATHE_EINTR, "interrupted at step %lld (checkpoint saved)", (long long)ls.step);
     }
-    if (rc == LATHE_OK && run->env.rank == 0 && t->save_final && !run->peft.ops && MODEL(run)->save &&
-        LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save)) {
+    int save_model = rc == LATHE_OK && t->save_final && !run->peft.ops && MODEL(run)->save &&
+                     LATHE_OPS_HAS(MODEL(run), struct lathe_model_ops, save);
+    /* every rank: ZeRO-3 gathers the segments' parameters collectively */
+    if (save_model)
+        rc = lathe_run_whole_params(run, 1);
+    if (rc == LATHE_OK && run->env.rank == 0 && save_model) {
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/final", run->output_dir);
         rc = lathe_mkdir_p(dir);
@@ -472,6 +519,10 @@ int lathe_run_train(struct lathe_run *run)
             rc = MODEL(run)->save(run->model.self, dir);
         if (rc == LATHE_OK)
             lathe_progress_note("model written to %s", dir);
+    }
+    if (save_model) {
+        int wrc = lathe_run_whole_params(run, 0);
+        rc = rc != LATHE_OK ? rc : wrc;
     }
     /* [peft]: the base is unchanged, so only the adapter is written (lathe
      * merge folds it into the base when a full model is wanted). */

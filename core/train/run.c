@@ -6,6 +6,7 @@
  * [data], [loss], [optim], [schedule], [peft], and for several processes
  * [parallel] (the strategy) and [comm] (the communicator). Afterwards every
  * key of the file must have been read by someone. */
+#include <float.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -146,19 +147,22 @@ static void destroy_component(struct lathe_component_inst *ci)
     ci->self = NULL;
 }
 
-/* device = cuda: the registry's backend "cuda" serves every tensor made
- * from here on (parameters included). allow_tf32 reaches it through the
- * environment (LATHE_ALLOW_TF32), which it reads per GEMM. */
-static int use_cuda(struct lathe_run *run, lathe_section *s, int allow_tf32)
+/* device = cuda: the registry's backend `name` ("cuda" unless [run]
+ * backend names another, e.g. the test backend "fakedev") serves every
+ * tensor made from here on (parameters included). allow_tf32 reaches it
+ * through the environment (LATHE_ALLOW_TF32), which it reads per GEMM. */
+static int use_cuda(struct lathe_run *run, lathe_section *s, const char *name, int allow_tf32)
 {
     const void *ops;
     const char *file;
-    if (lathe_registry_find(run->reg, LATHE_KIND_BACKEND, "cuda", &ops, &file) != LATHE_OK) {
+    if (lathe_registry_find(run->reg, LATHE_KIND_BACKEND, name, &ops, &file) != LATHE_OK) {
         char why[2048]; /* the registry's list of what it searched and refused */
         snprintf(why, sizeof why, "%s", lathe_errmsg());
-        return lathe_cfg_error(s, "device", "device = cuda: no CUDA backend plugin on the plugin path (build with "
-                                            "CUDA: ./configure --with-cuda=DIR); %s", why);
+        return lathe_cfg_error(s, "device", "device = cuda: no CUDA backend plugin on the plugin path (backend = %s; "
+                                            "build with CUDA: ./configure --with-cuda=DIR); %s", name, why);
     }
+    if (((const struct lathe_backend_ops *)ops)->device != LATHE_DEVICE_CUDA)
+        return lathe_cfg_error(s, "backend", "backend '%s' (%s) is not a CUDA device backend", name, file);
     if (allow_tf32)
         setenv("LATHE_ALLOW_TF32", "1", 1);
     /* a zero-byte copy starts the device, so that a missing GPU is named
@@ -168,6 +172,46 @@ static int use_cuda(struct lathe_run *run, lathe_section *s, int allow_tf32)
         rc = lathe_backend_set(ops);
     return rc != LATHE_OK ? lathe_error_prefix(rc, "%s: [run] device = cuda (%s)", lathe_config_path(run->cfg), file)
                           : LATHE_OK;
+}
+
+/* [run] precision: the compute dtype of matrix products (lathe/tensor.h,
+ * lathe_set_compute_dtype), and for fp16 the loss scaler (train/scaler.h):
+ *   loss_scale = dynamic (default) | NUMBER (a fixed scale)
+ *   loss_scale_init = 65536, loss_scale_growth_interval = 2000 (dynamic) */
+static int read_precision(struct lathe_run *run, lathe_section *s, int precision)
+{
+    static const char *const scale_keys[] = {"loss_scale", "loss_scale_init", "loss_scale_growth_interval"};
+    static const enum lathe_dtype dtypes[] = {LATHE_F32, LATHE_BF16, LATHE_F16};
+    struct lathe_loss_scaler *sc = &run->scaler;
+    *sc = (struct lathe_loss_scaler){.scale = 1.0};
+    if (precision != LATHE_PRECISION_FP16) {
+        for (size_t i = 0; i < sizeof scale_keys / sizeof *scale_keys; i++)
+            if (lathe_section_has(s, scale_keys[i]))
+                return lathe_cfg_error(s, scale_keys[i], "loss scaling is for precision = fp16 only (bf16 keeps f32's "
+                                                         "exponent range and needs none); remove the key");
+    } else {
+        const char *mode;
+        int rc = lathe_cfg_string(s, "loss_scale", "dynamic", &mode);
+        if (rc)
+            return rc;
+        sc->enabled = 1;
+        sc->dynamic = strcmp(mode, "dynamic") == 0;
+        if (!sc->dynamic) {
+            char *end;
+            sc->scale = strtod(mode, &end);
+            if (end == mode || *end || !(sc->scale > 0.0) || sc->scale > FLT_MAX)
+                return lathe_cfg_error(s, "loss_scale", "'%s' is neither 'dynamic' nor a positive number up to %g",
+                                       mode, (double)FLT_MAX);
+            for (size_t i = 1; i < sizeof scale_keys / sizeof *scale_keys; i++)
+                if (lathe_section_has(s, scale_keys[i]))
+                    return lathe_cfg_error(s, scale_keys[i], "only for loss_scale = dynamic (this run has a fixed "
+                                                             "loss_scale = %s); remove the key", mode);
+        } else if ((rc = lathe_cfg_float(s, "loss_scale_init", 65536.0, 0x1p-24, FLT_MAX, &sc->scale)) ||
+                   (rc = lathe_cfg_int(s, "loss_scale_growth_interval", 2000, 1, INT64_MAX, &sc->growth_interval))) {
+            return rc;
+        }
+    }
+    return lathe_set_compute_dtype(dtypes[precision]);
 }
 
 static int read_run_settings(struct lathe_run *run)
@@ -188,14 +232,21 @@ static int read_run_settings(struct lathe_run *run)
         (rc = lathe_cfg_choice(s, "precision", "fp32", precisions, &precision)) ||
         (rc = lathe_cfg_bool(s, "allow_tf32", 0, &allow_tf32)))
         return rc;
-    if (precision != LATHE_PRECISION_FP32)
-        return lathe_cfg_error(s, "precision",
-                               "only fp32 compute is implemented on the CPU backend; use precision = fp32");
+    if ((rc = read_precision(run, s, precision)))
+        return rc;
     snprintf(run->output_dir, sizeof run->output_dir, "%s", out);
     run->env.size = sizeof run->env;
     run->env.output_dir = run->output_dir;
     run->env.seed = (uint64_t)seed;
-    if (device == LATHE_DEVICE_CUDA && (rc = use_cuda(run, s, allow_tf32)))
+    /* [run] backend: which backend component serves the device (tests
+     * name "fakedev"); the CPU device has only the built-in one */
+    const char *backend;
+    if ((rc = lathe_cfg_string(s, "backend", device == LATHE_DEVICE_CUDA ? "cuda" : "cpu", &backend)))
+        return rc;
+    if (device == LATHE_DEVICE_CPU && strcmp(backend, "cpu") != 0)
+        return lathe_cfg_error(s, "backend", "device = cpu uses the built-in backend 'cpu'; set device = cuda "
+                                             "for backend = %s", backend);
+    if (device == LATHE_DEVICE_CUDA && (rc = use_cuda(run, s, backend, allow_tf32)))
         return rc;
     run->env.device = device;
     run->env.precision = precision;
@@ -219,7 +270,8 @@ static int read_run_settings(struct lathe_run *run)
         (rc = lathe_cfg_int(s, "keep_checkpoints", 2, 1, 1000000, &t->keep_checkpoints)) ||
         (rc = lathe_cfg_int(s, "early_stopping_patience", 0, 0, INT64_MAX, &t->patience)) ||
         (rc = lathe_cfg_float(s, "early_stopping_min_delta", 0.0, 0.0, 1e30, &t->min_delta)) ||
-        (rc = lathe_cfg_int(s, "threads", 0, 0, 4096, &t->threads)))
+        (rc = lathe_cfg_int(s, "threads", 0, 0, 4096, &t->threads)) ||
+        (rc = lathe_cfg_bool(s, "activation_checkpointing", 0, &t->activation_checkpointing)))
         return rc;
     if (t->eval_at_start && t->eval_every == 0)
         return lathe_cfg_error(s, "eval_at_start", "set eval_every > 0 too (evaluations need a schedule)");
@@ -313,7 +365,43 @@ static int create_strategy(struct lathe_run *run)
                             run->trainable, run->ntrainable, &run->strategy.self));
     if (rc == LATHE_OK && LATHE_OPS_HAS(so, struct lathe_strategy_ops, optim_params))
         rc = created(run, &run->strategy, so->optim_params(run->strategy.self, &run->optim_params, &run->noptim));
+    /* a strategy that gathers parameters per segment (ZeRO-3) does it
+     * through the segment hooks */
+    if (rc == LATHE_OK && (LATHE_OPS_HAS(so, struct lathe_strategy_ops, acquire) ||
+                           LATHE_OPS_HAS(so, struct lathe_strategy_ops, release))) {
+        struct lathe_segment_hooks h = {
+            .acquire = LATHE_OPS_HAS(so, struct lathe_strategy_ops, acquire) ? so->acquire : NULL,
+            .release = LATHE_OPS_HAS(so, struct lathe_strategy_ops, release) ? so->release : NULL,
+            .self = run->strategy.self,
+        };
+        lathe_segment_set_hooks(&h);
+    }
     return rc;
+}
+
+/* [train] activation_checkpointing: the model must run its blocks as
+ * segments, or there is nothing to recompute. */
+static int setup_recompute(struct lathe_run *run)
+{
+    const struct lathe_model_ops *mo = run->model.ops;
+    lathe_segment_set_recompute(0);
+    if (!run->train.activation_checkpointing)
+        return LATHE_OK;
+    const struct lathe_segment *const *segs = NULL;
+    size_t n = 0;
+    int rc = LATHE_OPS_HAS(mo, struct lathe_model_ops, segments) ? mo->segments(run->model.self, &segs, &n)
+                                                                  : LATHE_EUNSUPPORTED;
+    if (rc != LATHE_OK || n == 0)
+        return lathe_cfg_error(lathe_config_section(run->cfg, "train"), "activation_checkpointing",
+                               "model plugin '%s' does not run its blocks as segments (lathe/segment.h), so "
+                               "there is nothing to recompute; set it to false",
+                               run->model.name);
+    lathe_segment_set_recompute(1);
+    if (run->env.rank == 0)
+        printf("[train] activation_checkpointing: the %zu segments of model '%s' are recomputed in the backward "
+               "pass (one more forward per step; activations kept only at segment boundaries)\n",
+               n, run->model.name);
+    return LATHE_OK;
 }
 
 int lathe_run_barrier(struct lathe_run *run)
@@ -367,6 +455,8 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = create_simple(run, &run->peft);
     if (rc == LATHE_OK)
         rc = collect_params(run);
+    if (rc == LATHE_OK)
+        rc = setup_recompute(run);
     if (rc == LATHE_OK) {
         /* what sampling and scoring components need (RL rollouts) */
         run->env.model_ops = run->model.ops;
@@ -404,6 +494,9 @@ void lathe_run_destroy(struct lathe_run *run)
 {
     if (!run)
         return;
+    lathe_set_compute_dtype(LATHE_F32); /* the precision is the run's, not the process's */
+    lathe_segment_set_hooks(NULL);
+    lathe_segment_set_recompute(0);
     for (size_t i = 0; i < run->nloggers; i++)
         if (run->log_self[i])
             run->log_ops[i]->destroy(run->log_self[i]);

@@ -5,6 +5,7 @@
 
 #include "plugin/loader.h"
 #include "train/run.h"
+#include "train/scaler.h"
 
 #define LATHE_MAX_LOGGERS 8
 
@@ -18,6 +19,7 @@ struct lathe_train_settings {
     int64_t patience;                /* evaluations without improvement; 0: off */
     double min_delta;
     int64_t threads;
+    int activation_checkpointing;    /* recompute segments in the backward */
 };
 
 struct lathe_run {
@@ -44,6 +46,9 @@ struct lathe_run {
     size_t nparams;
     lathe_tensor **trainable;
     size_t ntrainable;
+    /* precision = fp16: the loss scaler (run.c sets it up, loop.c runs it,
+     * checkpoint.c keeps its state) */
+    struct lathe_loss_scaler scaler;
     /* loggers: the built-in metrics.jsonl and TensorBoard writers */
     const struct lathe_logger_ops *log_ops[LATHE_MAX_LOGGERS];
     void *log_self[LATHE_MAX_LOGGERS];
@@ -68,6 +73,11 @@ int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *
 int lathe_checkpoint_exists(const struct lathe_run *run);
 /* Finds the newest complete checkpoint under output_dir; LATHE_EOF if none. */
 int lathe_checkpoint_load_latest(struct lathe_run *run, struct lathe_loop_state *ls, char *dir, size_t n);
+/* whole 1: every model segment's parameters acquired through the
+ * strategy's segment hooks (ZeRO-3 keeps them whole only in use), so the
+ * whole model can be read or written; 0: released again. Every rank calls
+ * it (acquire is collective). A no-op without such a strategy. */
+int lathe_run_whole_params(struct lathe_run *run, int whole);
 
 /* progress.c: metrics.jsonl housekeeping. Drop the lines of steps after
  * `step` (a resumed run logs them again). */

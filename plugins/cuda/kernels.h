@@ -28,6 +28,12 @@ void lathe_cuda_gemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, 
                      const float *A, const float *B, float beta, float *C, int64_t batch,
                      int64_t sa, int64_t sb, int64_t sc);
 
+/* gemm.cu, ABI 1.2 mixed precision */
+void lathe_cuda_gemm_lowp(int dtype, int round_c, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                          float alpha, const float *A, const float *B, float beta, float *C, int64_t batch,
+                          int64_t sa, int64_t sb, int64_t sc);
+void lathe_cuda_round_to(float *out, const float *x, int64_t n, int dtype);
+
 /* elementwise.cu */
 void lathe_cuda_bias_forward(float *out, const float *bias, int64_t N, int64_t C);
 void lathe_cuda_bias_backward(float *dbias, const float *dout, int64_t N, int64_t C);

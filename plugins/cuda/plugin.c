@@ -61,6 +61,8 @@ static const struct lathe_backend_ops cuda_ops = {
     .attention_cached_forward = lathe_cuda_attention_cached_forward,
     .unary_forward = lathe_cuda_unary_forward,
     .unary_backward = lathe_cuda_unary_backward,
+    .gemm_lowp = lathe_cuda_gemm_lowp,
+    .round_to = lathe_cuda_round_to,
 };
 
 static const struct lathe_component cuda_components[] = {

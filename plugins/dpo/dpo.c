@@ -15,6 +15,30 @@
 
 #include <lathe/lathe.h>
 
+/* Host access to tensors: a device buffer is reached only through the
+ * backend's copy; on the CPU the tensor's own buffer is used as is. */
+static void *host_write(lathe_tensor *t)
+{
+    if (t->device == LATHE_DEVICE_CPU)
+        return t->data;
+    void *h = malloc(lathe_tensor_nbytes(t) + 1);
+    if (!h)
+        lathe_error(LATHE_ENOMEM, "DPO: out of memory staging a tensor");
+    return h;
+}
+
+/* Send a host_write buffer to t and release it. */
+static int host_put(lathe_tensor *t, void *h)
+{
+    if (!h)
+        return LATHE_ENOMEM;
+    if (h == t->data)
+        return LATHE_OK;
+    int rc = lathe_backend()->copy(t->data, h, lathe_tensor_nbytes(t), 1);
+    free(h);
+    return rc;
+}
+
 struct seq {
     int32_t *ids;
     uint8_t *mask; /* 1 on response tokens */
@@ -287,12 +311,14 @@ static int pack(struct pref_data *d, const struct pair *const *pairs, int64_t P,
     b->segments = lathe_tensor_new2(LATHE_I32, B, T);
     if (!b->input_ids || !b->labels || !b->positions || !b->segments)
         return LATHE_ENOMEM;
+    int32_t *hids = host_write(b->input_ids), *hlab = host_write(b->labels);
+    int32_t *hpos = host_write(b->positions), *hseg = host_write(b->segments);
     int64_t ntok = 0;
-    for (int64_t r = 0; r < B; r++) {
+    for (int64_t r = 0; hids && hlab && hpos && hseg && r < B; r++) {
         const struct seq *s = r < P ? &pairs[r]->chosen : &pairs[r - P]->rejected;
         int64_t n = (int64_t)s->n < T ? (int64_t)s->n : T;
-        int32_t *ids = lathe_tensor_i32(b->input_ids) + r * T, *lab = lathe_tensor_i32(b->labels) + r * T;
-        int32_t *pos = lathe_tensor_i32(b->positions) + r * T, *seg = lathe_tensor_i32(b->segments) + r * T;
+        int32_t *ids = hids + r * T, *lab = hlab + r * T;
+        int32_t *pos = hpos + r * T, *seg = hseg + r * T;
         for (int64_t t = 0; t < T; t++) {
             ids[t] = t < n ? s->ids[t] : 0;
             pos[t] = t < n ? (int32_t)t : 0;
@@ -301,6 +327,11 @@ static int pack(struct pref_data *d, const struct pair *const *pairs, int64_t P,
             ntok += lab[t] != LATHE_IGNORE_INDEX;
         }
     }
+    /* every buffer goes (host_put frees a staging one) before any error */
+    int r1 = host_put(b->input_ids, hids), r2 = host_put(b->labels, hlab);
+    int r3 = host_put(b->positions, hpos), r4 = host_put(b->segments, hseg);
+    if (r1 || r2 || r3 || r4)
+        return r1 ? r1 : r2 ? r2 : r3 ? r3 : r4;
     b->ntokens = ntok;
     lathe_tensor_free(d->ref_logps);
     d->ref_logps = lathe_reference_logprobs(d->ref, b, 1.0f);
@@ -422,10 +453,11 @@ static lathe_tensor *dpo_forward(void *self, lathe_tensor *logits, const struct 
     }
     const int64_t B = b->B, T = b->T, P = B / 2;
     lathe_tensor *ones = lathe_tensor_new2(LATHE_F32, T, 1);
-    if (!ones)
+    float *h1 = ones ? host_write(ones) : NULL;
+    for (int64_t t = 0; h1 && t < T; t++)
+        h1[t] = 1.0f;
+    if (!h1 || host_put(ones, h1) != LATHE_OK)
         return NULL;
-    for (int64_t t = 0; t < T; t++)
-        lathe_tensor_f32(ones)[t] = 1.0f;
     lathe_tensor *logp = lathe_token_logprobs(logits, b->labels, LATHE_IGNORE_INDEX);
     /* per-row sums of (policy - reference) log-probs: [B, T] · 1 = [B, 1] */
     lathe_tensor *rows = lathe_reshape(lathe_matmul(lathe_sub(logp, b->ref_logps), ones, 0), 1, (int64_t[]){B});
@@ -436,8 +468,19 @@ static lathe_tensor *dpo_forward(void *self, lathe_tensor *logits, const struct 
         loss = lathe_sub(loss, lathe_scale(lathe_mean(lathe_log_sigmoid(lathe_scale(z, -1.0f))), (float)l->smoothing));
     if (!loss)
         return NULL;
-    /* TRL's diagnostics: implicit rewards beta * (policy - reference) */
-    const float *c = lathe_tensor_f32(chosen), *r = lathe_tensor_f32(rejected);
+    /* TRL's diagnostics: implicit rewards beta * (policy - reference);
+     * the B row sums come to the host */
+    float *hr = malloc((size_t)B * sizeof *hr);
+    if (!hr) {
+        lathe_error(LATHE_ENOMEM, "DPO: out of memory reading the row sums");
+        return NULL;
+    }
+    if (lathe_backend()->copy(hr, rows->data, (size_t)B * sizeof *hr, 0) != LATHE_OK) {
+        free(hr);
+        lathe_error_prefix(LATHE_ERR, "DPO: reading the row sums from the device");
+        return NULL;
+    }
+    const float *c = hr, *r = hr + P;
     double cm = 0, rm = 0, acc = 0;
     for (int64_t i = 0; i < P; i++) {
         cm += l->beta * c[i];
@@ -448,6 +491,7 @@ static lathe_tensor *dpo_forward(void *self, lathe_tensor *logits, const struct 
     lathe_report_scalar("dpo/rejected_reward", rm / (double)P);
     lathe_report_scalar("dpo/reward_margin", (cm - rm) / (double)P);
     lathe_report_scalar("dpo/reward_accuracy", acc / (double)P);
+    free(hr);
     return loss;
 }
 

@@ -55,6 +55,9 @@ struct gpt2 {
     lathe_tensor *wpe;            /* [P, C] */
     lathe_tensor *lnf_w, *lnf_b;  /* [C] */
     struct gpt2_block *blocks;    /* [L] */
+    struct lathe_segment *segs;   /* [L]: one per block (lathe/segment.h) */
+    const struct lathe_segment **seg_list;
+    char (*seg_names)[24];
     struct lathe_linear head;     /* weight wte (tied) or lm_head.weight [V, C] */
     lathe_tensor **params;        /* every parameter, in creation order */
     size_t nparams;
@@ -79,6 +82,9 @@ static void gpt2_destroy(void *self)
     free(m->linears);
     free(m->names);
     free(m->blocks);
+    free(m->segs);
+    free(m->seg_list);
+    free(m->seg_names);
     free(m->dir);
     json_decref(m->config);
     free(m);
@@ -369,7 +375,10 @@ static int gpt2_build(struct gpt2 *m, const struct lathe_env *env, double std, i
     m->linears = calloc(maxl, sizeof *m->linears);
     m->names = calloc(maxl, sizeof *m->names);
     m->blocks = calloc((size_t)m->L, sizeof *m->blocks);
-    if (!m->params || !m->linears || !m->names || !m->blocks)
+    m->segs = calloc((size_t)m->L, sizeof *m->segs);
+    m->seg_list = calloc((size_t)m->L, sizeof *m->seg_list);
+    m->seg_names = calloc((size_t)m->L, sizeof *m->seg_names);
+    if (!m->params || !m->linears || !m->names || !m->blocks || !m->segs || !m->seg_list || !m->seg_names)
         return lathe_error(LATHE_ENOMEM, "gpt2: out of memory");
 
 #define P1(std_, c_, d0, fmt, i) gpt2_param(m, seed, std_, c_, 1, d0, 0, fmt, i)
@@ -378,6 +387,7 @@ static int gpt2_build(struct gpt2 *m, const struct lathe_env *env, double std, i
         return LATHE_ENOMEM;
     for (int i = 0; i < (int)m->L; i++) {
         struct gpt2_block *b = &m->blocks[i];
+        size_t first = m->nparams;
         lathe_tensor *aw, *ab, *pw, *pb, *fw, *fb, *mw, *mb;
         if (!(b->ln1_w = P1(0.0, 1.0f, C, "h.%d.ln_1.weight", i)) ||
             !(b->ln1_b = P1(0.0, 0.0f, C, "h.%d.ln_1.bias", i)) ||
@@ -396,6 +406,11 @@ static int gpt2_build(struct gpt2 *m, const struct lathe_env *env, double std, i
         gpt2_linear(m, &b->attn_proj, "h.%d.attn.c_proj", i, pw, pb);
         gpt2_linear(m, &b->c_fc, "h.%d.mlp.c_fc", i, fw, fb);
         gpt2_linear(m, &b->mlp_proj, "h.%d.mlp.c_proj", i, mw, mb);
+        /* the block's parameters are the ones just made */
+        snprintf(m->seg_names[i], sizeof m->seg_names[i], "h.%d", i);
+        m->segs[i] = (struct lathe_segment){.name = m->seg_names[i], .params = m->params + first,
+                                            .nparams = m->nparams - first};
+        m->seg_list[i] = &m->segs[i];
     }
     if (!(m->lnf_w = P1(0.0, 1.0f, C, "ln_f.weight", 0)) ||
         !(m->lnf_b = P1(0.0, 0.0f, C, "ln_f.bias", 0)))
@@ -516,6 +531,24 @@ static lathe_tensor *gpt2_mlp(struct gpt2 *m, struct gpt2_block *b, lathe_tensor
     return lathe_add(x, lathe_dropout(h, m->dropout, train));
 }
 
+/* What one block needs besides its input (a segment's context). */
+struct gpt2_ctx {
+    struct gpt2 *m;
+    lathe_tensor *segments;
+    int train;
+    int64_t B, T, l;
+    struct lathe_kv_cache *c; /* generation only */
+};
+
+/* One block: x [B,T,C] -> [B,T,C]. */
+static lathe_tensor *gpt2_block_fn(const void *ctx, lathe_tensor *x)
+{
+    const struct gpt2_ctx *b = ctx;
+    struct gpt2_block *blk = &b->m->blocks[b->l];
+    x = gpt2_attention(b->m, blk, x, b->segments, b->train, b->B, b->T, b->c, b->l);
+    return gpt2_mlp(b->m, blk, x, b->train);
+}
+
 static lathe_tensor *gpt2_run(struct gpt2 *m, const struct lathe_batch *batch, int train,
                               struct lathe_kv_cache *c)
 {
@@ -539,10 +572,9 @@ static lathe_tensor *gpt2_run(struct gpt2 *m, const struct lathe_batch *batch, i
     /* x [B,T,C] = wte[ids] + wpe[pos] (pos [T] broadcasts over B) */
     lathe_tensor *x = lathe_add(lathe_embedding(m->wte, ids), lathe_embedding(m->wpe, pos));
     x = lathe_dropout(x, m->dropout, train);
-    for (int64_t i = 0; i < m->L && x; i++) {
-        x = gpt2_attention(m, &m->blocks[i], x, batch->segments, train, B, T, c, i);
-        x = gpt2_mlp(m, &m->blocks[i], x, train);
-    }
+    struct gpt2_ctx bc = {.m = m, .segments = batch->segments, .train = train, .B = B, .T = T, .c = c};
+    for (bc.l = 0; bc.l < m->L && x; bc.l++)
+        x = lathe_segment_run(&m->segs[bc.l], gpt2_block_fn, &bc, sizeof bc, x);
     x = lathe_layernorm(x, m->lnf_w, m->lnf_b, m->eps);
     lathe_tensor *logits = lathe_linear_forward(&m->head, x); /* [B,T,V] */
     if (!logits)
@@ -646,6 +678,14 @@ static int gpt2_save(void *self, const char *dir)
     return rc;
 }
 
+static int gpt2_segments(void *self, const struct lathe_segment *const **segs, size_t *n)
+{
+    struct gpt2 *m = self;
+    *segs = m->seg_list;
+    *n = (size_t)m->L;
+    return LATHE_OK;
+}
+
 static const struct lathe_model_ops gpt2_ops = {
     .size = sizeof(struct lathe_model_ops),
     .create = gpt2_create,
@@ -658,6 +698,7 @@ static const struct lathe_model_ops gpt2_ops = {
     .cache_new = gpt2_cache_new,
     .cache_free = gpt2_cache_free,
     .forward_cached = gpt2_forward_cached,
+    .segments = gpt2_segments,
 };
 
 static const struct lathe_component gpt2_components[] = {

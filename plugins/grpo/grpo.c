@@ -17,6 +17,56 @@
 #include <lathe/lathe.h>
 
 /* ------------------------------------------------------------------ */
+/* host access to tensors: a device buffer is reached only through the
+ * backend's copy; on the CPU the tensor's own buffer is used as is. */
+
+/* A host buffer holding t's values (free with host_done). */
+static void *host_read(const lathe_tensor *t)
+{
+    if (t->device == LATHE_DEVICE_CPU)
+        return t->data;
+    size_t n = lathe_tensor_nbytes(t);
+    void *h = malloc(n ? n : 1);
+    if (!h) {
+        lathe_error(LATHE_ENOMEM, "GRPO: out of memory reading a %zu-byte tensor", n);
+        return NULL;
+    }
+    if (lathe_backend()->copy(h, t->data, n, 0) != LATHE_OK) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* A host buffer to fill t through (uninitialised off the CPU); host_put
+ * sends it. */
+static void *host_write(lathe_tensor *t)
+{
+    if (t->device == LATHE_DEVICE_CPU)
+        return t->data;
+    void *h = malloc(lathe_tensor_nbytes(t) + 1);
+    if (!h)
+        lathe_error(LATHE_ENOMEM, "GRPO: out of memory staging a tensor");
+    return h;
+}
+
+static void host_done(const lathe_tensor *t, const void *h)
+{
+    if (t && h != t->data)
+        free((void *)h);
+}
+
+/* Send a host_write buffer to t and release it. */
+static int host_put(lathe_tensor *t, void *h)
+{
+    if (!h)
+        return LATHE_ENOMEM;
+    int rc = h == t->data ? LATHE_OK : lathe_backend()->copy(t->data, h, lathe_tensor_nbytes(t), 1);
+    host_done(t, h);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* prompts                                                             */
 
 struct prompt {
@@ -468,10 +518,16 @@ static int rollout(struct grpo_data *d, const struct prompt **prompts, int64_t B
             rc = lathe_error(LATHE_ENOMEM, "out of memory packing rollouts");
     }
     int64_t ntok = 0;
+    int32_t *hids = NULL, *hlab = NULL, *hpos = NULL, *hseg = NULL;
+    float *hav = NULL;
+    if (rc == LATHE_OK && (!(hids = host_write(c->input_ids)) || !(hlab = host_write(c->labels)) ||
+                           !(hpos = host_write(c->positions)) || !(hseg = host_write(c->segments)) ||
+                           !(hav = host_write(c->advantages))))
+        rc = LATHE_ENOMEM;
     for (int64_t b = 0; rc == LATHE_OK && b < B; b++) {
-        int32_t *ids = lathe_tensor_i32(c->input_ids) + b * T, *lab = lathe_tensor_i32(c->labels) + b * T;
-        int32_t *pos = lathe_tensor_i32(c->positions) + b * T, *seg = lathe_tensor_i32(c->segments) + b * T;
-        float *av = lathe_tensor_f32(c->advantages) + b * T;
+        int32_t *ids = hids + b * T, *lab = hlab + b * T;
+        int32_t *pos = hpos + b * T, *seg = hseg + b * T;
+        float *av = hav + b * T;
         int64_t len = (int64_t)(plen[b] + olen[b]);
         for (int64_t t = 0; t < T; t++) {
             int real = t < len;
@@ -485,6 +541,17 @@ static int rollout(struct grpo_data *d, const struct prompt **prompts, int64_t B
             lab[t] = ids[t + 1];
             ntok++;
         }
+    }
+    if (rc == LATHE_OK) {
+        int r1 = host_put(c->input_ids, hids), r2 = host_put(c->labels, hlab), r3 = host_put(c->positions, hpos);
+        int r4 = host_put(c->segments, hseg), r5 = host_put(c->advantages, hav);
+        rc = r1 ? r1 : r2 ? r2 : r3 ? r3 : r4 ? r4 : r5;
+    } else {
+        host_done(c->input_ids, hids);
+        host_done(c->labels, hlab);
+        host_done(c->positions, hpos);
+        host_done(c->segments, hseg);
+        host_done(c->advantages, hav);
     }
     c->ntokens = ntok;
     if (rc == LATHE_OK && !(c->old_logps = lathe_policy_logprobs(env, c, (float)d->temperature)))
@@ -704,8 +771,14 @@ static lathe_tensor *grpo_loss_forward(void *self, lathe_tensor *logits, const s
     lathe_tensor *ones = lathe_tensor_new2(LATHE_F32, B, T);
     if (!w || !ones)
         return NULL;
-    const int32_t *lab = lathe_tensor_i32(b->labels);
-    float *wd = lathe_tensor_f32(w), *od = lathe_tensor_f32(ones);
+    const int32_t *lab = host_read(b->labels);
+    float *wd = host_write(w), *od = host_write(ones);
+    if (!lab || !wd || !od) {
+        host_done(b->labels, lab);
+        host_done(w, wd);
+        host_done(ones, od);
+        return NULL;
+    }
     int64_t total = 0;
     for (int64_t i = 0; i < B * T; i++) {
         total += lab[i] != LATHE_IGNORE_INDEX;
@@ -723,6 +796,11 @@ static lathe_tensor *grpo_loss_forward(void *self, lathe_tensor *logits, const s
             wd[r * T + t] = (float)(m / den);
         }
     }
+    int r1 = host_put(w, wd), r2 = host_put(ones, od);
+    if (r1 || r2) {
+        host_done(b->labels, lab);
+        return NULL;
+    }
     lathe_tensor *lg = l->temperature != 1.0 ? lathe_scale(logits, (float)(1.0 / l->temperature)) : logits;
     lathe_tensor *logp = lathe_token_logprobs(lg, b->labels, LATHE_IGNORE_INDEX);
     lathe_tensor *ratio = lathe_exp(lathe_sub(logp, b->old_logps));
@@ -736,10 +814,12 @@ static lathe_tensor *grpo_loss_forward(void *self, lathe_tensor *logits, const s
         per_tok = lathe_add(per_tok, lathe_scale(kl, (float)l->beta));
     }
     lathe_tensor *loss = lathe_sum(lathe_mul(per_tok, w));
-    if (!loss)
+    if (!loss) {
+        host_done(b->labels, lab);
         return NULL;
+    }
     /* diagnostics over completion tokens */
-    const float *rd = lathe_tensor_f32(ratio), *kd = kl ? lathe_tensor_f32(kl) : NULL;
+    const float *rd = ratio ? host_read(ratio) : NULL, *kd = kl ? host_read(kl) : NULL;
     double clipped = 0, klsum = 0;
     for (int64_t i = 0; rd && i < B * T; i++) {
         if (lab[i] == LATHE_IGNORE_INDEX)
@@ -756,22 +836,28 @@ static lathe_tensor *grpo_loss_forward(void *self, lathe_tensor *logits, const s
         lathe_no_grad_begin();
         lathe_tensor *lsm = lathe_log_softmax(lg);
         lathe_tensor *ent = lsm ? lathe_mul(lathe_softmax(lg), lsm) : NULL;
-        if (ent) {
-            const float *e = lathe_tensor_f32(ent);
-            int64_t V = ent->shape[2];
+        /* summed over the vocabulary where ent lives (a product with a
+         * column of ones): only [B, T] values come to the host */
+        int64_t V = ent ? ent->shape[2] : 0;
+        lathe_tensor *col = ent ? lathe_tensor_new2(LATHE_F32, V, 1) : NULL;
+        float *hc = col ? host_write(col) : NULL;
+        for (int64_t v = 0; hc && v < V; v++)
+            hc[v] = 1.0f;
+        lathe_tensor *rows = hc && host_put(col, hc) == LATHE_OK ? lathe_matmul(ent, col, 0) : NULL;
+        const float *e = rows ? host_read(rows) : NULL;
+        if (e) {
             double hs = 0;
-            for (int64_t i = 0; i < B * T; i++) {
-                if (lab[i] == LATHE_IGNORE_INDEX)
-                    continue;
-                double h = 0;
-                for (int64_t v = 0; v < V; v++)
-                    h -= e[i * V + v];
-                hs += h;
-            }
+            for (int64_t i = 0; i < B * T; i++)
+                if (lab[i] != LATHE_IGNORE_INDEX)
+                    hs -= e[i];
             lathe_report_scalar("grpo/entropy", hs / (double)total);
+            host_done(rows, e);
         }
         lathe_no_grad_end();
     }
+    host_done(ratio, rd);
+    host_done(kl, kd);
+    host_done(b->labels, lab);
     return loss;
 }
 

@@ -54,6 +54,9 @@ struct llama {
     lathe_tensor *embed, *norm;   /* [V, C], [C] */
     struct llama_layer *layers;   /* [L] */
     struct lathe_linear head;     /* lm_head (weight: embed when tied) */
+    struct lathe_segment *segs;   /* [L]: one per layer (lathe/segment.h) */
+    const struct lathe_segment **seg_list;
+    char (*seg_names)[32];
     int tied;
     lathe_tensor **params;
     size_t nparams;
@@ -77,6 +80,9 @@ static void llama_destroy(void *self)
     free(m->linears);
     free(m->names);
     free(m->layers);
+    free(m->segs);
+    free(m->seg_list);
+    free(m->seg_names);
     free(m->inv_freq);
     json_decref(m->config);
     free(m->dir);
@@ -344,7 +350,10 @@ static int llama_build(struct llama *m, int qkv_bias, int o_bias, int mlp_bias)
     m->linears = calloc(maxl, sizeof *m->linears);
     m->names = calloc(maxl, sizeof *m->names);
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
-    if (!m->params || !m->linears || !m->names || !m->layers)
+    m->segs = calloc((size_t)m->L, sizeof *m->segs);
+    m->seg_list = calloc((size_t)m->L, sizeof *m->seg_list);
+    m->seg_names = calloc((size_t)m->L, sizeof *m->seg_names);
+    if (!m->params || !m->linears || !m->names || !m->layers || !m->segs || !m->seg_list || !m->seg_names)
         return lathe_error(LATHE_ENOMEM, "llama: out of memory");
     if (!(m->embed = llama_param(m, "model.embed_tokens.weight", 2, m->V, C)))
         return LATHE_ENOMEM;
@@ -352,6 +361,7 @@ static int llama_build(struct llama *m, int qkv_bias, int o_bias, int mlp_bias)
     int rc = LATHE_OK;
     for (int64_t i = 0; i < m->L && !rc; i++) {
         struct llama_layer *y = &m->layers[i];
+        size_t first = m->nparams;
         /* HF's named_parameters order: self_attn, mlp, then the norms */
 #define LIN(field, path, out, in, b)                                                 \
     if (!rc) {                                                                       \
@@ -374,6 +384,11 @@ static int llama_build(struct llama *m, int qkv_bias, int o_bias, int mlp_bias)
         snprintf(p, sizeof p, "model.layers.%lld.post_attention_layernorm.weight", (long long)i);
         if (!(y->ln2 = llama_param(m, p, 1, C, 0)))
             return LATHE_ENOMEM;
+        /* the layer's parameters are the ones just appended */
+        snprintf(m->seg_names[i], sizeof m->seg_names[i], "layers.%lld", (long long)i);
+        m->segs[i] = (struct lathe_segment){.name = m->seg_names[i], .params = m->params + first,
+                                            .nparams = m->nparams - first};
+        m->seg_list[i] = &m->segs[i];
     }
     if (rc)
         return rc;
@@ -511,6 +526,36 @@ static lathe_tensor *llama_positions(int64_t start, int64_t T)
     return r;
 }
 
+/* What one decoder layer needs besides its input (a segment's context). */
+struct llama_block {
+    struct llama *m;
+    int64_t l;
+    lathe_tensor *pos, *inv, *seg; /* positions, rope frequencies, segments */
+    struct lathe_kv_cache *c;      /* generation only */
+};
+
+/* One decoder layer: x [B,T,C] -> [B,T,C]. */
+static lathe_tensor *llama_block(const void *ctx, lathe_tensor *x)
+{
+    const struct llama_block *b = ctx;
+    const struct llama *m = b->m;
+    struct llama_layer *y = &m->layers[b->l];
+    const int64_t B = x->shape[0], T = x->shape[1], H = m->H, Hkv = m->Hkv, D = m->D;
+    const int64_t qshape[4] = {B, T, H, D}, kvshape[4] = {B, T, Hkv, D}, flat[3] = {B, T, H * D};
+    lathe_tensor *h = lathe_rmsnorm(x, y->ln1, m->eps);
+    lathe_tensor *q = lathe_reshape(lathe_linear_forward(&y->q, h), 4, qshape);
+    lathe_tensor *k = lathe_reshape(lathe_linear_forward(&y->k, h), 4, kvshape);
+    lathe_tensor *v = lathe_reshape(lathe_linear_forward(&y->v, h), 4, kvshape);
+    q = lathe_rope(q, b->pos, b->inv);
+    k = lathe_rope(k, b->pos, b->inv);
+    lathe_tensor *a = b->c ? lathe_kv_cache_attend(b->c, b->l, q, k, v)
+                           : lathe_sdpa(q, k, v, b->seg, 0.0f); /* [B,T,H,D] */
+    x = lathe_add(x, lathe_linear_forward(&y->o, lathe_reshape(a, 3, flat)));
+    h = lathe_rmsnorm(x, y->ln2, m->eps);
+    h = lathe_swiglu(lathe_linear_forward(&y->gate, h), lathe_linear_forward(&y->up, h)); /* [B,T,I] */
+    return lathe_add(x, lathe_linear_forward(&y->down, h));
+}
+
 /* logits [B, T, V] of the batch; with a cache, its tokens follow what the
  * cache holds and their keys and values are appended. */
 static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch, struct lathe_kv_cache *c)
@@ -522,7 +567,7 @@ static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch,
                     ids ? lathe_tensor_shape_str(ids, s, sizeof s) : "none");
         return NULL;
     }
-    const int64_t B = ids->shape[0], T = ids->shape[1], H = m->H, Hkv = m->Hkv, D = m->D;
+    const int64_t T = ids->shape[1], D = m->D;
     const int64_t start = c ? c->len : 0;
     if (c && lathe_kv_cache_begin(c, batch) != LATHE_OK)
         return NULL;
@@ -536,28 +581,10 @@ static lathe_tensor *llama_run(struct llama *m, const struct lathe_batch *batch,
     lathe_tensor *inv = llama_upload(LATHE_F32, 1, (int64_t[]){D / 2}, m->inv_freq);
     if (!pos || !inv)
         return NULL;
-    lathe_tensor *seg = batch->segments;
-    const int64_t qshape[4] = {B, T, H, D}, kvshape[4] = {B, T, Hkv, D}, flat[3] = {B, T, H * D};
     lathe_tensor *x = lathe_embedding(m->embed, ids); /* [B,T,C] */
-    for (int64_t l = 0; l < m->L && x; l++) {
-        struct llama_layer *y = &m->layers[l];
-        lathe_tensor *h = lathe_rmsnorm(x, y->ln1, m->eps);
-        lathe_tensor *q = lathe_reshape(lathe_linear_forward(&y->q, h), 4, qshape);
-        lathe_tensor *k = lathe_reshape(lathe_linear_forward(&y->k, h), 4, kvshape);
-        lathe_tensor *v = lathe_reshape(lathe_linear_forward(&y->v, h), 4, kvshape);
-        q = lathe_rope(q, pos, inv);
-        k = lathe_rope(k, pos, inv);
-        lathe_tensor *a;
-        if (c) {
-            a = lathe_kv_cache_attend(c, l, q, k, v);
-        } else {
-            a = lathe_sdpa(q, k, v, seg, 0.0f); /* [B,T,H,D] */
-        }
-        x = lathe_add(x, lathe_linear_forward(&y->o, lathe_reshape(a, 3, flat)));
-        h = lathe_rmsnorm(x, y->ln2, m->eps);
-        h = lathe_swiglu(lathe_linear_forward(&y->gate, h), lathe_linear_forward(&y->up, h)); /* [B,T,I] */
-        x = lathe_add(x, lathe_linear_forward(&y->down, h));
-    }
+    struct llama_block b = {.m = m, .pos = pos, .inv = inv, .seg = batch->segments, .c = c};
+    for (b.l = 0; b.l < m->L && x; b.l++)
+        x = lathe_segment_run(&m->segs[b.l], llama_block, &b, sizeof b, x);
     x = lathe_rmsnorm(x, m->norm, m->eps);
     lathe_tensor *logits = lathe_linear_forward(&m->head, x); /* [B,T,V] */
     if (!logits)
@@ -637,6 +664,14 @@ static int llama_save(void *self, const char *dir)
     return rc;
 }
 
+static int llama_segments(void *self, const struct lathe_segment *const **segs, size_t *n)
+{
+    struct llama *m = self;
+    *segs = m->seg_list;
+    *n = (size_t)m->L;
+    return LATHE_OK;
+}
+
 static const struct lathe_model_ops llama_ops = {
     .size = sizeof(struct lathe_model_ops),
     .create = llama_create,
@@ -649,6 +684,7 @@ static const struct lathe_model_ops llama_ops = {
     .cache_new = llama_cache_new,
     .cache_free = llama_cache_free,
     .forward_cached = llama_forward_cached,
+    .segments = llama_segments,
 };
 
 static const struct lathe_component llama_components[] = {

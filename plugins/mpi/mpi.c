@@ -20,16 +20,31 @@
  * Counts: MPI-3 counts are int; a buffer with more elements than INT_MAX
  * is an error (split it) rather than a silent truncation.
  *
- * Sub-groups: not yet. The ops struct has no slot to make a communicator
- * over part of the ranks; ddp and zero use the whole world. The way in is
- * an ABI slot `split(self, color, key, &child)` over MPI_Comm_split.
+ * Sub-groups (ABI 1.2 `split`): MPI_Comm_split of this communicator. Ranks
+ * passing the same color >= 0 form a sub-communicator ordered by key, then
+ * by rank in self (MPI's rule, the header's too); it is a full instance of
+ * these same ops, with its own reduction op and statistics, and is freed
+ * with destroy. color = -1 (MPI_UNDEFINED's role; NCCL_SPLIT_NOCOLOR's
+ * value) means "in no group": *sub = NULL and LATHE_OK. Any other negative
+ * color, or sub == NULL, is refused with LATHE_EINVAL, but only after the
+ * refusing rank has still taken part in MPI_Comm_split as a rank in no
+ * group: split is collective, and a rank that returned early would leave
+ * the others waiting in it. Subs of subs work the same way.
+ *
+ * Lifetime: MPI is finalised (only when this plugin initialised it) by the
+ * destroy of the last live instance, root or sub, whatever the order, so a
+ * parent destroyed before its subs leaves them working until their own
+ * destroy. Destroying a sub never finalises MPI while another instance
+ * lives.
  *
  * [comm] keys: stats = true|false (default false): at the end of the run
  * every rank prints how many calls and bytes each collective moved, in the
  * ZeRO paper's accounting (all-reduce of n elements = 2n, reduce-scatter and
  * all-gather of a whole buffer of n = n, broadcast n, all-to-all its send
  * total), for bench/comm.sh. The environment variable LATHE_COMM_STATS=1
- * turns it on too. */
+ * turns it on too. A sub-communicator inherits the setting and prints its
+ * own line, "comm-stats sub color C rank r/w:", so that the root's line
+ * ("comm-stats rank r/w:") counts the root's traffic alone. */
 #include <lathe/lathe.h>
 
 #include <dlfcn.h>
@@ -46,11 +61,28 @@ static const char *const coll_names[C_COUNT] = {"all_reduce", "reduce_scatter", 
 struct mpi_comm {
     MPI_Comm comm;
     int rank, world;
-    int we_initialised; /* MPI_Finalize is ours to call */
+    int is_sub, color; /* made by split, with this color */
     MPI_Op bf16_sum;
     int stats;
     unsigned long long calls[C_COUNT], bytes[C_COUNT];
 };
+
+/* Process-wide, because MPI is: whether this plugin called MPI_Init_thread
+ * (then MPI_Finalize is ours to call), and how many instances, roots and
+ * subs, are alive. Only the main thread calls a communicator (FUNNELED). */
+static int mpi_ours;
+static int mpi_live;
+
+/* One instance fewer; the last one out finalises MPI if we started it. */
+static void mpi_let_go(void)
+{
+    if (mpi_live > 0)
+        mpi_live--;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (mpi_live == 0 && mpi_ours && !finalized)
+        MPI_Finalize();
+}
 
 /* bf16 sum, widened to f32 per pair (see the file comment). */
 static void bf16_sum_fn(void *in, void *inout, int *len, MPI_Datatype *dt)
@@ -172,7 +204,7 @@ static int mpi_create(lathe_section *cfg, const struct lathe_env *env, void **se
             return lathe_error(LATHE_ERR, "mpi: MPI_Init_thread failed (code %d); is the run launched with mpirun?",
                                err);
         }
-        c->we_initialised = 1;
+        mpi_ours = 1;
     }
     int err = MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
     if (err == MPI_SUCCESS)
@@ -187,11 +219,12 @@ static int mpi_create(lathe_section *cfg, const struct lathe_env *env, void **se
         rc = mpi_fail(err, "setting up the communicator");
         if (c->comm != MPI_COMM_NULL)
             MPI_Comm_free(&c->comm);
-        if (c->we_initialised)
-            MPI_Finalize();
+        mpi_live++;
+        mpi_let_go(); /* finalises MPI if we started it and nobody else holds it */
         free(c);
         return rc;
     }
+    mpi_live++;
     *self = c;
     return LATHE_OK;
 }
@@ -202,21 +235,26 @@ static void mpi_destroy(void *self)
     if (!c)
         return;
     if (c->stats) {
-        printf("comm-stats rank %d/%d:", c->rank, c->world);
+        if (c->is_sub)
+            printf("comm-stats sub color %d rank %d/%d:", c->color, c->rank, c->world);
+        else
+            printf("comm-stats rank %d/%d:", c->rank, c->world);
         for (int i = 0; i < C_COUNT; i++)
             printf(" %s %llu calls %llu bytes;", coll_names[i], c->calls[i], c->bytes[i]);
         printf("\n");
         fflush(stdout);
     }
-    if (c->bf16_sum != MPI_OP_NULL)
-        MPI_Op_free(&c->bf16_sum);
-    if (c->comm != MPI_COMM_NULL)
-        MPI_Comm_free(&c->comm);
+    /* after someone else finalised MPI, nothing of it may be called */
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (c->we_initialised && !finalized)
-        MPI_Finalize();
+    if (!finalized) {
+        if (c->bf16_sum != MPI_OP_NULL)
+            MPI_Op_free(&c->bf16_sum);
+        if (c->comm != MPI_COMM_NULL)
+            MPI_Comm_free(&c->comm);
+    }
     free(c);
+    mpi_let_go();
 }
 
 static int mpi_rank(void *self) { return ((struct mpi_comm *)self)->rank; }
@@ -339,6 +377,61 @@ static int mpi_barrier(void *self)
     return LATHE_OK;
 }
 
+/* See "Sub-groups" in the file comment. */
+static int mpi_split(void *self, int color, int key, void **sub)
+{
+    struct mpi_comm *c = self;
+    int rc = LATHE_OK;
+    if (!sub)
+        rc = lathe_error(LATHE_EINVAL, "mpi: split: the pointer for the sub-communicator (sub) is NULL");
+    else
+        *sub = NULL;
+    if (rc == LATHE_OK && color < -1)
+        rc = lathe_error(LATHE_EINVAL,
+                         "mpi: split: color %d on rank %d: a color is >= 0, or -1 for a rank in no sub-group", color,
+                         c->rank);
+    /* a refusing rank still takes part (in no group): see the file comment */
+    MPI_Comm nc = MPI_COMM_NULL;
+    int err = MPI_Comm_split(c->comm, rc == LATHE_OK && color >= 0 ? color : MPI_UNDEFINED, key, &nc);
+    if (rc != LATHE_OK) {
+        if (err == MPI_SUCCESS && nc != MPI_COMM_NULL)
+            MPI_Comm_free(&nc);
+        return rc;
+    }
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Comm_split");
+    if (nc == MPI_COMM_NULL)
+        return LATHE_OK; /* color -1: in no group */
+    struct mpi_comm *s = calloc(1, sizeof *s);
+    if (!s) {
+        MPI_Comm_free(&nc);
+        return lathe_error(LATHE_ENOMEM, "mpi: split: out of memory");
+    }
+    s->comm = nc;
+    s->bf16_sum = MPI_OP_NULL;
+    s->is_sub = 1;
+    s->color = color;
+    s->stats = c->stats;
+    err = MPI_Comm_set_errhandler(s->comm, MPI_ERRORS_RETURN);
+    if (err == MPI_SUCCESS)
+        err = MPI_Comm_rank(s->comm, &s->rank);
+    if (err == MPI_SUCCESS)
+        err = MPI_Comm_size(s->comm, &s->world);
+    if (err == MPI_SUCCESS)
+        err = MPI_Op_create(bf16_sum_fn, 1, &s->bf16_sum);
+    if (err != MPI_SUCCESS) {
+        rc = mpi_fail(err, "setting up the sub-communicator");
+        if (s->bf16_sum != MPI_OP_NULL)
+            MPI_Op_free(&s->bf16_sum);
+        MPI_Comm_free(&s->comm);
+        free(s);
+        return rc;
+    }
+    mpi_live++;
+    *sub = s;
+    return LATHE_OK;
+}
+
 static const struct lathe_comm_ops mpi_ops = {
     .size = sizeof(struct lathe_comm_ops),
     .create = mpi_create,
@@ -351,6 +444,7 @@ static const struct lathe_comm_ops mpi_ops = {
     .broadcast = mpi_broadcast,
     .all_to_all = mpi_all_to_all,
     .barrier = mpi_barrier,
+    .split = mpi_split,
 };
 
 static const struct lathe_component mpi_components[] = {
@@ -358,7 +452,7 @@ static const struct lathe_component mpi_components[] = {
     {0},
 };
 
-LATHE_PLUGIN_DEFINE(mpi, .version = "0.1.0",
+LATHE_PLUGIN_DEFINE(mpi, .version = "0.2.0",
                     .description = "Communicator over MPI (Open MPI): all-reduce, reduce-scatter, all-gather, "
-                                   "broadcast, all-to-all, barrier on F32 and BF16",
+                                   "broadcast, all-to-all, barrier on F32 and BF16; sub-groups (split)",
                     .components = mpi_components)

@@ -49,8 +49,26 @@
  * "cuda" build signature only from backend-only plugins, and this plugin's
  * "nogpu" signature is the host's own.
  *
- * [comm] keys: none (the device follows the rule above). Sub-groups: not
- * yet, as for the mpi communicator. */
+ * Sub-groups (ABI 1.2 `split`): ncclCommSplit (NCCL >= 2.18; refused by
+ * name before it) of the NCCL communicator, and MPI_Comm_split of the
+ * private MPI one with the same color and key, so the sub's barrier and
+ * any later split have an MPI side too. Both order the new ranks by key,
+ * then by rank in self (the header's rule); the sub checks that NCCL and
+ * MPI gave it the same rank. The sub runs on the parent's device with a
+ * stream of its own, is a full instance of these ops and is freed with
+ * destroy. color = -1 (NCCL_SPLIT_NOCOLOR) means "in no group": *sub =
+ * NULL and LATHE_OK. Any other negative color, or sub == NULL, is refused
+ * with LATHE_EINVAL after the rank has still taken part in both splits as
+ * a rank in no group (they are collective: an early return would leave
+ * the others waiting). A rank whose set-up of the sub fails tells every
+ * rank of self (one MPI_Allreduce), and then all of them fail together
+ * rather than some holding a sub whose peers have none.
+ *
+ * Lifetime: MPI is finalised (only when this plugin initialised it) by the
+ * destroy of the last live instance, root or sub, in whatever order they
+ * go; a sub outlives its parent.
+ *
+ * [comm] keys: none (the device follows the rule above). */
 #include <lathe/lathe.h>
 
 #include <cuda_runtime.h>
@@ -66,8 +84,24 @@ struct nccl_comm {
     ncclComm_t comm;
     cudaStream_t stream;
     int rank, world, device;
-    int we_initialised; /* MPI_Finalize is ours to call */
 };
+
+/* Process-wide, because MPI is: whether this plugin called MPI_Init_thread
+ * (then MPI_Finalize is ours to call), and how many instances, roots and
+ * subs, are alive. Only the main thread calls a communicator. */
+static int mpi_ours;
+static int mpi_live;
+
+/* One instance fewer; the last one out finalises MPI if we started it. */
+static void mpi_let_go(void)
+{
+    if (mpi_live > 0)
+        mpi_live--;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (mpi_live == 0 && mpi_ours && !finalized)
+        MPI_Finalize();
+}
 
 static int cuda_fail(cudaError_t e, const char *file, int line, const char *what)
 {
@@ -321,8 +355,9 @@ static int nccl_create(lathe_section *cfg, const struct lathe_env *env, void **s
             return lathe_error(LATHE_ERR, "nccl: MPI_Init_thread failed (code %d); is the run launched with mpirun?",
                                err);
         }
-        c->we_initialised = 1;
+        mpi_ours = 1;
     }
+    mpi_live++; /* held from here: nccl_destroy lets go, also on failure */
     int err = MPI_Comm_dup(MPI_COMM_WORLD, &c->mpi);
     if (err == MPI_SUCCESS)
         err = MPI_Comm_set_errhandler(c->mpi, MPI_ERRORS_RETURN);
@@ -348,13 +383,13 @@ static void nccl_destroy(void *self)
         ncclCommDestroy(c->comm);
     if (c->stream)
         cudaStreamDestroy(c->stream);
-    if (c->mpi != MPI_COMM_NULL)
-        MPI_Comm_free(&c->mpi);
+    /* after someone else finalised MPI, nothing of it may be called */
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (c->we_initialised && !finalized)
-        MPI_Finalize();
+    if (c->mpi != MPI_COMM_NULL && !finalized)
+        MPI_Comm_free(&c->mpi);
     free(c);
+    mpi_let_go();
 }
 
 static int nccl_rank(void *self) { return ((struct nccl_comm *)self)->rank; }
@@ -496,6 +531,104 @@ static int nccl_barrier(void *self)
     return LATHE_OK;
 }
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+#define HAVE_NCCL_SPLIT 1
+#endif
+
+/* The sub's own MPI side, stream and rank (after both splits). */
+static int sub_setup(struct nccl_comm *s, int device)
+{
+    int err = MPI_Comm_set_errhandler(s->mpi, MPI_ERRORS_RETURN);
+    if (err == MPI_SUCCESS)
+        err = MPI_Comm_rank(s->mpi, &s->rank);
+    if (err == MPI_SUCCESS)
+        err = MPI_Comm_size(s->mpi, &s->world);
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, __FILE__, __LINE__, "setting up the sub-communicator's MPI side");
+    int nr = -1, nn = -1;
+    NC(ncclCommUserRank(s->comm, &nr));
+    NC(ncclCommCount(s->comm, &nn));
+    if (nr != s->rank || nn != s->world)
+        return lathe_error(LATHE_ENCCL,
+                           "%s:%d: nccl: split: NCCL made this rank %d of %d, MPI %d of %d; they must agree (the "
+                           "same color and key go to both)",
+                           __FILE__, __LINE__, nr, nn, s->rank, s->world);
+    s->device = device;
+    CU(cudaSetDevice(device));
+    CU(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    return LATHE_OK;
+}
+
+/* See "Sub-groups" in the file comment. */
+static int nccl_split(void *self, int color, int key, void **sub)
+{
+    struct nccl_comm *c = self;
+#ifndef HAVE_NCCL_SPLIT
+    (void)c, (void)color, (void)key;
+    if (sub)
+        *sub = NULL;
+    return lathe_error(LATHE_EUNSUPPORTED,
+                       "nccl: split: sub-groups need ncclCommSplit (NCCL 2.18 or newer); this NCCL is %d; use a "
+                       "newer NCCL",
+                       NCCL_VERSION_CODE);
+#else
+    int arg = LATHE_OK;
+    if (!sub)
+        arg = lathe_error(LATHE_EINVAL, "nccl: split: the pointer for the sub-communicator (sub) is NULL");
+    else
+        *sub = NULL;
+    if (arg == LATHE_OK && color < -1)
+        arg = lathe_error(LATHE_EINVAL,
+                          "nccl: split: color %d on rank %d: a color is >= 0, or -1 for a rank in no sub-group",
+                          color, c->rank);
+    int in = arg == LATHE_OK && color >= 0;
+    /* both splits on every rank, whatever happened: they are collective */
+    ncclComm_t nc = NULL;
+    ncclResult_t nr = ncclCommSplit(c->comm, in ? color : NCCL_SPLIT_NOCOLOR, key, &nc, NULL);
+    MPI_Comm mc = MPI_COMM_NULL;
+    int err = MPI_Comm_split(c->mpi, in ? color : MPI_UNDEFINED, key, &mc);
+    int rc = LATHE_OK;
+    struct nccl_comm *s = NULL;
+    if (nr != ncclSuccess)
+        rc = nccl_fail(nr, __FILE__, __LINE__, "ncclCommSplit");
+    else if (err != MPI_SUCCESS)
+        rc = mpi_fail(err, __FILE__, __LINE__, "MPI_Comm_split");
+    else if (in && (!nc || mc == MPI_COMM_NULL))
+        rc = lathe_error(LATHE_ENCCL, "%s:%d: nccl: split: color %d gave no %s communicator", __FILE__, __LINE__,
+                         color, nc ? "MPI" : "NCCL");
+    else if (in && !(s = calloc(1, sizeof *s)))
+        rc = lathe_error(LATHE_ENOMEM, "nccl: split: out of memory");
+    if (s) {
+        s->comm = nc;
+        s->mpi = mc;
+        nc = NULL;
+        mc = MPI_COMM_NULL;
+        mpi_live++; /* nccl_destroy of s lets go */
+        rc = sub_setup(s, c->device);
+    }
+    /* every rank learns whether any set-up failed (see the file comment) */
+    int bad = rc != LATHE_OK;
+    int aerr = MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->mpi);
+    if (rc == LATHE_OK && aerr != MPI_SUCCESS)
+        rc = mpi_fail(aerr, __FILE__, __LINE__, "MPI_Allreduce of the split status");
+    else if (rc == LATHE_OK && bad)
+        rc = lathe_error(LATHE_ENCCL, "%s:%d: nccl: split: another rank could not set up its sub-communicator; see "
+                                      "its message",
+                         __FILE__, __LINE__);
+    if (rc != LATHE_OK || arg != LATHE_OK) {
+        if (s)
+            nccl_destroy(s);
+        if (nc)
+            ncclCommDestroy(nc);
+        if (mc != MPI_COMM_NULL)
+            MPI_Comm_free(&mc);
+        return arg != LATHE_OK ? arg : rc;
+    }
+    *sub = s; /* NULL for color -1 */
+    return LATHE_OK;
+#endif
+}
+
 static const struct lathe_comm_ops nccl_ops = {
     .size = sizeof(struct lathe_comm_ops),
     .create = nccl_create,
@@ -508,6 +641,7 @@ static const struct lathe_comm_ops nccl_ops = {
     .broadcast = nccl_broadcast,
     .all_to_all = nccl_all_to_all,
     .barrier = nccl_barrier,
+    .split = nccl_split,
 };
 
 static const struct lathe_component nccl_components[] = {
@@ -515,7 +649,8 @@ static const struct lathe_component nccl_components[] = {
     {0},
 };
 
-LATHE_PLUGIN_DEFINE(nccl, .version = "0.1.0",
+LATHE_PLUGIN_DEFINE(nccl, .version = "0.2.0",
                     .description = "Communicator over NCCL on CUDA devices (unique id over MPI): all-reduce, "
-                                   "reduce-scatter, all-gather, broadcast, all-to-all, barrier on F32 and BF16",
+                                   "reduce-scatter, all-gather, broadcast, all-to-all, barrier on F32 and BF16; "
+                                   "sub-groups (split)",
                     .components = nccl_components)

@@ -4,131 +4,317 @@
  * Parameter Models" (SC 2020), as DeepSpeed implements it (facts in
  * shared/reference/algorithms.md §2). N ranks, Ψ trainable elements.
  *
- * Partition. The trainable parameters are laid end to end in one flat space
- * of P elements; rank r owns [r·P/N, (r+1)·P/N) (a parameter may straddle
- * ranks). The optimizer of rank r is made over one view per piece
- * (parameter ∩ owned range): the view's data is the piece of the parameter
- * (stages 1-2) or of the rank's shard copy (stage 3); its grad is the piece
- * of the rank's shard gradient buffer. Views of 2-D+ parameters are [1, len]
- * and of 1-D ones [len], so an optimizer that spares ndim < 2 from weight
- * decay treats each piece as its parameter. Views are named
- * "<param>@<offset>" so optimizer state keys stay unique.
+ * Partition (zero.h). Stages 1 and 2, and stage 3 on a model without
+ * segments, use the flat layout: the trainable parameters laid end to end,
+ * rank r owning [r·P/N, (r+1)·P/N). Stage 3 on a model with segments (model
+ * ops `segments`, ABI 1.2) splits every parameter on its own, as DeepSpeed's
+ * stage 3 does, so that one layer's all-gather and reduce-scatter are
+ * balanced across ranks whatever the layer's place in the model. The
+ * optimizer of rank r is made over one view per piece (parameter ∩ owned
+ * range); its grad is the piece of the rank's shard gradient buffer. Views of
+ * 2-D+ parameters are [1, len] and of 1-D ones [len], so an optimizer that
+ * spares ndim < 2 from weight decay treats each piece as its parameter.
+ * Views are named "<param>@<offset>" so optimizer state keys stay unique.
  *
- * Per step (the loop's order):
- *  reduce_grads: the flat gradient is reduce-scattered (AVG) in buckets, so
- *    rank r receives the global mean of its own range only (Ψ moved: the
- *    paper's gradient cost). Block r of each bucket is rank r's next slice,
- *    zero-padded to ceil(P/N) so that the equal-count collective fits ranges
- *    that differ by one element. Stage 1 keeps the full-size local gradients
- *    allocated (its gradient memory is not partitioned); stages 2 and 3 free
- *    them, so between steps a rank holds only its shard's gradients. The
- *    backward itself still fills full-size gradients: reducing each bucket
- *    as soon as backward completes it needs a grad-ready hook in the core.
+ * Collectives move a group of parameters (all of them, one segment's, or
+ * those in no segment): rank r's share is the concatenation of what it owns
+ * of each, and each call moves one bucket of every rank's share, padded with
+ * zeros to the largest share so that the equal-count collective fits shares
+ * that differ (by one element per parameter at most in the per-parameter
+ * layout, by one in all in the flat one).
+ *
+ * Stages 1 and 2, per step (the loop's order):
+ *  reduce_grads: the gradients are reduce-scattered (AVG), so rank r
+ *    receives the global mean of its own range only (Ψ moved: the paper's
+ *    gradient cost). Stage 1 keeps the full-size local gradients allocated
+ *    (its gradient memory is not partitioned); stage 2 frees them, so
+ *    between steps a rank holds only its shard's gradients. The backward
+ *    itself still fills full-size gradients: reducing each bucket as soon as
+ *    backward completes it needs a grad-ready hook in the core.
  *  grad_sumsq: this rank's shard gradients' sum of squares, summed across
  *    ranks (the global norm for clipping, as DeepSpeed assembles it).
  *  optimizer step on the views (this rank's 1/N of optimizer state).
  *  sync_params: the updated shards are all-gathered (Ψ moved) into every
- *    rank's whole parameters.
+ *    rank's whole parameters. In all, 2Ψ a step, as plain data parallelism.
  *
- * Stage 3 is whole-model gathering, not per-layer: parameters are whole from
- * sync_params (and create) through forward, backward and the reduction, then
- * reduce_grads frees every non-shard byte, so only the rank's 1/N shard
- * persists through the optimizer step. Peak parameter memory therefore
- * equals stage 2's, and the step moves 2Ψ instead of the paper's 3Ψ (which
- * gathers each layer again for backward). Per-layer gathering needs a core
- * hook around each module's forward and backward (gather before, release
- * after, prefetch the next). The log says so.
+ * Stage 3 with segments (the model runs each transformer block through
+ * lathe_segment_run, and the core installs acquire/release as its hooks).
+ * Trainable parameters listed in exactly one segment are "segment
+ * parameters"; the others (embeddings, final norm, head, LoRA adapters, and
+ * any parameter two segments share) are persistent: whole all the time, as
+ * in stage 2. A segment parameter's whole buffer exists only between
+ * acquire and release: outside, its tensor's data pointer is NULL, and
+ * nothing may read it (a read is a crash, not stale numbers). What persists
+ * is this rank's shard of it (shard_param), which the optimizer updates.
+ *  acquire(seg): fresh whole buffers, filled by one all-gather series of the
+ *    segment's shards (one call when the layer fits in bucket_size).
+ *  release(seg, 0) after the forward: this rank's piece of each whole buffer
+ *    is copied back into the shard (so that a writer between acquire and
+ *    release, such as a checkpoint load that gathered the model, is kept;
+ *    in training it rewrites the same values), then the buffers are freed.
+ *  release(seg, 1) after the segment's backward: its gradients are complete
+ *    for this micro-batch, so they are reduce-scattered (AVG) right there and
+ *    added into the shard gradients, and the full-size gradients are freed
+ *    with the buffers: one layer's full gradients live at a time. Several
+ *    micro-batches (grad_accum) add their reduced gradients into the shard,
+ *    which the loop zeroes after each optimizer step; the mean over ranks of
+ *    sums equals the sum of means.
+ *  reduce_grads: the persistent parameters' gradients, as stage 2; it checks
+ *    that no segment parameter still holds a full gradient or buffer (a
+ *    backward that bypassed the hooks) and reports to the metrics
+ *    zero/gathers (segment all-gathers since the previous step, including
+ *    any evaluation forwards: 2 × layers × grad_accum for a training step),
+ *    zero/gather_bytes and zero/param_bytes_peak (measured).
+ *  sync_params: all-gathers only the persistent parameters; segment
+ *    parameters are gathered at their next acquire.
+ * A step moves Ψ_seg in the forward's gathers, Ψ_seg again in the
+ * backward's, Ψ_seg in the gradient reduce-scatters, and 2Ψ_persistent: 3Ψ
+ * when nearly everything is in segments (the paper's figure), times
+ * grad_accum for the per-segment part. A rank holds its 1/N shard, one
+ * gathered segment (two only if the core acquires the next before releasing
+ * the last) and the persistent parameters: memory() reports that peak.
+ *
+ * The core's duties (lathe/segment.h): the model's forward runs every
+ * segment through lathe_segment_run, and anything else that reads or writes
+ * segment parameters (checkpoint save and load, the final save, generation
+ * with a KV cache if it bypasses the segments) brackets that with acquire of
+ * the segments it touches on every rank (acquire is collective) and
+ * release(seg, 0) after.
+ *
+ * Stage 3 without segments (a model that does not expose them) is
+ * whole-model gathering: parameters are whole from sync_params (and create)
+ * through forward, backward and the reduction, then reduce_grads frees every
+ * non-shard byte, so only the rank's 1/N shard persists through the
+ * optimizer step. Peak parameter memory equals stage 2's, and the step moves
+ * 2Ψ. The log says so.
+ *
+ * Device runs: every buffer of this plugin (shards, staging) is backend
+ * memory, moved with the backend's copy2d/zero/sumsq; no tensor data is
+ * read on the host. The communicator gets those buffers (device memory on
+ * a device run, as the nccl communicator needs).
  *
  * cpu_offload: keeps the optimizer state and its step in host memory. On the
  * CPU backend that is where they already are; the run's memory line reports
  * them as host memory. On a device backend this plugin cannot yet move the
  * step to the host, so cpu_offload = true is refused there.
  *
- * Checkpoints: every rank writes its optimizer state (the optimizer's own
- * state_save) to DIR/zero-rank-R/, and rank 0 writes DIR/zero-manifest.json
- * (world size, stage, every parameter's size and every rank's pieces). A run
- * with another number of ranks rebuilds its shard moments from the
- * overlapping pieces of every old rank's file.
+ * Checkpoints: checkpoint.c.
  *
  * [parallel] keys: plugin = zero, stage = 1 | 2 | 3, cpu_offload = false,
- * bucket_size (bytes moved per collective call, 25M). */
-#include <lathe/lathe.h>
+ * bucket_size (bytes moved per collective call, 25M), gather = auto |
+ * segment | model (stage 3 only: per segment where the model has segments,
+ * per segment or an error, or whole-model; whole-model trades memory for
+ * 2Ψ instead of 3Ψ moved per step). */
+#include "zero.h"
 
-#include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct piece {
-    size_t param;   /* index into params */
-    int64_t poff;   /* offset inside the parameter */
-    int64_t len;
-    int64_t soff;   /* offset inside this rank's shard */
-};
-
-struct zero {
-    const struct lathe_comm_ops *co;
-    void *cs;
-    int rank, world, stage, offload;
-    lathe_tensor *const *params; /* borrowed from the core */
-    size_t n;
-    int64_t *off;                /* [n+1] flat offset of each parameter */
-    int64_t lo, hi, chunk;       /* owned range; chunk = ceil(P/N) */
-    int64_t bucket;              /* elements per rank per collective call */
-    float *big, *small;          /* staging: [world * bucket] and [bucket] */
-    float *shard_grad;           /* [hi - lo] */
-    float *shard_param;          /* stage 3: [hi - lo], the persistent copy */
-    int gathered;                /* stage 3: whole parameters are present */
-    struct piece *pieces;
-    lathe_tensor **views, **vgrads;
-    size_t nviews;
-};
-
-#define TOTAL(z) ((z)->off[(z)->n])
+enum { GATHER_AUTO, GATHER_SEGMENT, GATHER_MODEL };
 
 static int64_t range_lo(const struct zero *z, int r) { return (int64_t)r * TOTAL(z) / z->world; }
 
 static int64_t clamp0(int64_t v, int64_t max) { return v < 0 ? 0 : v > max ? max : v; }
 
-/* Copy flat elements [from, from+count) of the parameters' gradients (grad
- * = 1) or values (grad = 0) into buf (to_buf = 1) or back (to_buf = 0). A
- * missing gradient reads as zeros. */
-static int flat_copy(struct zero *z, int grad, int64_t from, int64_t count, float *buf, int to_buf)
+static int64_t numel_of(const struct zero *z, size_t i) { return z->off[i + 1] - z->off[i]; }
+
+int64_t zero_own_lo(const struct zero *z, size_t i, int r)
 {
-    const struct lathe_backend_ops *be = lathe_backend();
-    size_t i = 0;
-    while (i < z->n && z->off[i + 1] <= from)
-        i++;
-    for (int64_t done = 0; done < count && i < z->n; i++) {
-        lathe_tensor *p = z->params[i];
-        int64_t at = from + done - z->off[i];
-        int64_t len = z->off[i + 1] - z->off[i] - at;
-        if (len > count - done)
-            len = count - done;
-        void *base = grad ? (p->grad ? p->grad->data : NULL) : p->data;
-        if (!base) {
-            if (!to_buf)
-                return lathe_error(LATHE_EINVAL, "zero: internal: '%s' has no %s buffer", p->name,
-                                   grad ? "gradient" : "parameter");
-            memset(buf + done, 0, (size_t)len * sizeof(float));
-        } else {
-            float *dev = (float *)base + at;
-            int rc = to_buf ? be->copy(buf + done, dev, (size_t)len * sizeof(float), 0)
-                            : be->copy(dev, buf + done, (size_t)len * sizeof(float), 1);
-            if (rc != LATHE_OK)
-                return lathe_error_prefix(rc, "zero: copying '%s'", p->name);
-        }
-        done += len;
+    int64_t numel = numel_of(z, i);
+    if (z->layout == ZERO_PER_PARAM)
+        return (int64_t)r * numel / z->world;
+    return clamp0(range_lo(z, r) - z->off[i], numel);
+}
+
+/* dst (=, or += when acc) src, n floats, both backend memory. */
+static void dev_copy(float *dst, const float *src, int64_t n, int acc)
+{
+    if (n > 0)
+        lathe_backend()->copy2d(dst, n, src, n, 1, n, acc);
+}
+
+/* ---- groups and their collectives ------------------------------------- */
+
+static int group_init(struct zero *z, struct zgroup *g, const size_t *idx, size_t n)
+{
+    g->idx = malloc((n ? n : 1) * sizeof *g->idx);
+    if (!g->idx)
+        return lathe_error(LATHE_ENOMEM, "zero: out of memory");
+    memcpy(g->idx, idx, n * sizeof *idx);
+    g->n = n;
+    g->numel = 0;
+    for (size_t k = 0; k < n; k++)
+        g->numel += numel_of(z, idx[k]);
+    g->width = 0;
+    for (int r = 0; r < z->world; r++) {
+        int64_t share = 0;
+        for (size_t k = 0; k < n; k++)
+            share += zero_own_len(z, idx[k], r);
+        if (share > g->width)
+            g->width = share;
     }
     return LATHE_OK;
 }
+
+enum { W_DATA, W_GRAD, W_SRC, W_SHARD_GRAD };
+
+/* Copy elements [at, at+len) of rank r's share of group g between buf and
+ * (what) the parameters' whole buffers (W_DATA), their gradients (W_GRAD; a
+ * missing one reads as zeros), this rank's current values (W_SRC: the shard
+ * of a sharded parameter, the whole buffer of another), or this rank's
+ * shard gradients (W_SHARD_GRAD, written with +=). to_buf 1: into buf, zero
+ * past the share's end (padding); 0: from buf. Writing W_DATA skips this
+ * rank's own pieces of unsharded parameters (they are the source). */
+static int pack_copy(struct zero *z, const struct zgroup *g, int r, int64_t at, int64_t len, float *buf, int what,
+                     int to_buf)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    int64_t pos = 0, done = 0; /* share position of the current parameter; elements of buf handled */
+    for (size_t k = 0; k < g->n && pos < at + len; k++) {
+        size_t i = g->idx[k];
+        int64_t olo = zero_own_lo(z, i, r), olen = zero_own_lo(z, i, r + 1) - olo;
+        int64_t a = at > pos ? at : pos, e = at + len < pos + olen ? at + len : pos + olen;
+        if (a < e) {
+            lathe_tensor *p = z->params[i];
+            int64_t in = olo + (a - pos); /* element inside the parameter */
+            float *b = buf + (a - at), *t = NULL;
+            switch (what) {
+            case W_DATA: t = p->data ? (float *)p->data + in : NULL; break;
+            case W_GRAD: t = p->grad ? (float *)p->grad->data + in : NULL; break;
+            case W_SRC:
+                t = z->sharded[i] ? z->shard_param + z->psoff[i] + (in - olo) : p->data ? (float *)p->data + in : NULL;
+                break;
+            case W_SHARD_GRAD: t = z->shard_grad + z->soff[i] + (in - olo); break;
+            }
+            if (!t && !(to_buf && what == W_GRAD))
+                return lathe_error(LATHE_EINVAL, "zero: internal: '%s' has no %s buffer (rank %d)", p->name,
+                                   what == W_GRAD ? "gradient" : "whole", z->rank);
+            if (to_buf) {
+                if (t)
+                    dev_copy(b, t, e - a, 0);
+                else
+                    be->zero(b, (size_t)(e - a) * sizeof(float));
+            } else if (!(what == W_DATA && r == z->rank && !z->sharded[i])) {
+                dev_copy(t, b, e - a, what == W_SHARD_GRAD);
+            }
+            done = e - at;
+        }
+        pos += olen;
+    }
+    if (to_buf && done < len)
+        be->zero(buf + done, (size_t)(len - done) * sizeof(float));
+    return LATHE_OK;
+}
+
+/* Every rank's gradients of g, averaged, added into each owner's shard
+ * gradients. */
+static int reduce_scatter_group(struct zero *z, const struct zgroup *g)
+{
+    for (int64_t at = 0; at < g->width; at += z->bucket) {
+        int64_t len = g->width - at < z->bucket ? g->width - at : z->bucket;
+        int rc = LATHE_OK;
+        for (int r = 0; rc == LATHE_OK && r < z->world; r++)
+            rc = pack_copy(z, g, r, at, len, z->big + (size_t)r * (size_t)len, W_GRAD, 1);
+        if (rc == LATHE_OK && (rc = z->co->reduce_scatter(z->cs, z->big, z->small, len, LATHE_F32,
+                                                          LATHE_REDUCE_AVG)) != LATHE_OK)
+            rc = lathe_error_prefix(rc, "zero: reduce-scatter of the gradients");
+        if (rc == LATHE_OK)
+            rc = pack_copy(z, g, z->rank, at, len, z->small, W_SHARD_GRAD, 0);
+        if (rc != LATHE_OK)
+            return rc;
+    }
+    return LATHE_OK;
+}
+
+/* Every rank's current values of g into every rank's whole buffers. */
+static int gather_group(struct zero *z, const struct zgroup *g)
+{
+    for (int64_t at = 0; at < g->width; at += z->bucket) {
+        int64_t len = g->width - at < z->bucket ? g->width - at : z->bucket;
+        int rc = pack_copy(z, g, z->rank, at, len, z->small, W_SRC, 1);
+        if (rc == LATHE_OK && (rc = z->co->all_gather(z->cs, z->small, z->big, len, LATHE_F32)) != LATHE_OK)
+            rc = lathe_error_prefix(rc, "zero: all-gather of the parameters");
+        for (int r = 0; rc == LATHE_OK && r < z->world; r++)
+            rc = pack_copy(z, g, r, at, len, z->big + (size_t)r * (size_t)len, W_DATA, 0);
+        if (rc != LATHE_OK)
+            return rc;
+    }
+    return LATHE_OK;
+}
+
+/* Whole buffers for g's sharded parameters (contents undefined). */
+static int alloc_whole(struct zero *z, const struct zgroup *g)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    for (size_t k = 0; k < g->n; k++) {
+        lathe_tensor *p = z->params[g->idx[k]];
+        if (!z->sharded[g->idx[k]] || p->data)
+            continue;
+        if (!(p->data = be->alloc(lathe_tensor_nbytes(p)))) {
+            for (size_t j = 0; j < k; j++) /* leave none half-made */
+                if (z->sharded[g->idx[j]]) {
+                    be->free(z->params[g->idx[j]]->data);
+                    z->params[g->idx[j]]->data = NULL;
+                }
+            return lathe_error(LATHE_ENOMEM, "zero stage 3: out of memory gathering '%s' (%zu bytes)", p->name,
+                               lathe_tensor_nbytes(p));
+        }
+        z->live_bytes += lathe_tensor_nbytes(p);
+    }
+    if (z->live_bytes > z->peak_bytes)
+        z->peak_bytes = z->live_bytes;
+    return LATHE_OK;
+}
+
+static void free_whole(struct zero *z, const struct zgroup *g)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    for (size_t k = 0; k < g->n; k++) {
+        lathe_tensor *p = z->params[g->idx[k]];
+        if (!z->sharded[g->idx[k]] || !p->data)
+            continue;
+        be->free(p->data);
+        p->data = NULL;
+        z->live_bytes -= lathe_tensor_nbytes(p);
+    }
+}
+
+static void free_grads(struct zero *z, const struct zgroup *g)
+{
+    for (size_t k = 0; k < g->n; k++) {
+        lathe_tensor *p = z->params[g->idx[k]];
+        lathe_tensor_free(p->grad);
+        p->grad = NULL;
+    }
+}
+
+/* This rank's own piece of sharded parameter i, from its whole buffer if
+ * present. */
+static void refresh_one(struct zero *z, size_t i)
+{
+    if (z->sharded[i] && z->params[i]->data)
+        dev_copy(z->shard_param + z->psoff[i], (float *)z->params[i]->data + zero_own_lo(z, i, z->rank),
+                 zero_own_len(z, i, z->rank), 0);
+}
+
+int zero_refresh_shard(struct zero *z)
+{
+    for (size_t i = 0; i < z->n; i++)
+        refresh_one(z, i);
+    return LATHE_OK;
+}
+
+/* ---- create / destroy ------------------------------------------------- */
+
+static void group_free(struct zgroup *g) { free(g->idx); }
 
 static void zero_destroy(void *self)
 {
     struct zero *z = self;
     if (!z)
         return;
+    const struct lathe_backend_ops *be = lathe_backend();
     for (size_t i = 0; i < z->nviews; i++) {
         free(z->views ? z->views[i] : NULL);
         free(z->vgrads ? z->vgrads[i] : NULL);
@@ -137,10 +323,19 @@ static void zero_destroy(void *self)
     free(z->vgrads);
     free(z->pieces);
     free(z->off);
-    free(z->big);
-    free(z->small);
-    free(z->shard_grad);
-    free(z->shard_param);
+    free(z->soff);
+    free(z->psoff);
+    free(z->sharded);
+    be->free(z->big);
+    be->free(z->small);
+    be->free(z->norm);
+    be->free(z->shard_grad);
+    be->free(z->shard_param);
+    group_free(&z->all);
+    group_free(&z->persist);
+    for (size_t s = 0; s < z->nsegs; s++)
+        group_free(&z->segs[s]);
+    free(z->segs);
     free(z);
 }
 
@@ -168,7 +363,7 @@ static lathe_tensor *header_over(float *data, const lathe_tensor *like, int64_t 
 }
 
 /* One view per piece of an owned parameter (see the file comment). */
-static int make_views(struct zero *z, int device)
+static int make_views(struct zero *z)
 {
     size_t cap = z->n;
     z->pieces = calloc(cap ? cap : 1, sizeof *z->pieces);
@@ -177,16 +372,15 @@ static int make_views(struct zero *z, int device)
     if (!z->pieces || !z->views || !z->vgrads)
         return lathe_error(LATHE_ENOMEM, "zero: out of memory");
     for (size_t i = 0; i < z->n; i++) {
-        int64_t a = z->off[i] > z->lo ? z->off[i] : z->lo;
-        int64_t b = z->off[i + 1] < z->hi ? z->off[i + 1] : z->hi;
-        if (a >= b)
+        int64_t lo = zero_own_lo(z, i, z->rank), len = zero_own_len(z, i, z->rank);
+        if (len <= 0)
             continue;
         lathe_tensor *p = z->params[i];
-        struct piece pc = {.param = i, .poff = a - z->off[i], .len = b - a, .soff = a - z->lo};
-        float *data = z->stage == 3 ? z->shard_param + pc.soff : (float *)p->data + pc.poff;
+        struct piece pc = {.param = i, .poff = lo, .len = len, .soff = z->soff[i]};
+        float *data = z->sharded[i] ? z->shard_param + z->psoff[i] : (float *)p->data + lo;
         size_t k = z->nviews;
-        lathe_tensor *v = header_over(data, p, pc.len, device);
-        lathe_tensor *g = v ? header_over(z->shard_grad + pc.soff, p, pc.len, device) : NULL;
+        lathe_tensor *v = header_over(data, p, len, z->device);
+        lathe_tensor *g = v ? header_over(z->shard_grad + pc.soff, p, len, z->device) : NULL;
         if (!v || !g) {
             free(v);
             return lathe_error(LATHE_ENOMEM, "zero: out of memory");
@@ -197,7 +391,7 @@ static int make_views(struct zero *z, int device)
         z->vgrads[k] = g;
         z->pieces[k] = pc;
         z->nviews++;
-        int w = snprintf(v->name, sizeof v->name, "%s@%lld", p->name, (long long)pc.poff);
+        int w = snprintf(v->name, sizeof v->name, "%s@%lld", p->name, (long long)lo);
         if (w < 0 || (size_t)w >= sizeof v->name)
             return lathe_error(LATHE_EINVAL, "zero: parameter name '%s' is too long for a shard name (%d bytes at most)",
                                p->name, LATHE_NAME_MAX - 24);
@@ -209,15 +403,16 @@ static int make_views(struct zero *z, int device)
 static int broadcast_params(struct zero *z)
 {
     int64_t cap = z->bucket * z->world;
-    for (int64_t at = 0; at < TOTAL(z); at += cap) {
-        int64_t len = TOTAL(z) - at < cap ? TOTAL(z) - at : cap;
-        int rc = flat_copy(z, 0, at, len, z->big, 1);
-        if (rc == LATHE_OK)
-            rc = z->co->broadcast(z->cs, z->big, len, LATHE_F32, 0);
-        if (rc == LATHE_OK)
-            rc = flat_copy(z, 0, at, len, z->big, 0);
-        if (rc != LATHE_OK)
-            return lathe_error_prefix(rc, "zero: broadcasting rank 0's parameters");
+    for (size_t i = 0; i < z->n; i++) {
+        float *d = z->params[i]->data;
+        for (int64_t at = 0; at < numel_of(z, i); at += cap) {
+            int64_t len = numel_of(z, i) - at < cap ? numel_of(z, i) - at : cap;
+            dev_copy(z->big, d + at, len, 0);
+            int rc = z->co->broadcast(z->cs, z->big, len, LATHE_F32, 0);
+            if (rc != LATHE_OK)
+                return lathe_error_prefix(rc, "zero: broadcasting rank 0's parameters");
+            dev_copy(d + at, z->big, len, 0);
+        }
     }
     return LATHE_OK;
 }
@@ -231,6 +426,12 @@ static int read_config(struct zero *z, lathe_section *cfg, const struct lathe_en
         (rc = lathe_cfg_bytes(cfg, "bucket_size", "25M", bucket_bytes)))
         return rc;
     z->stage = (int)stage;
+    static const char *const gathers[] = {"auto", "segment", "model", NULL};
+    if (stage < 3 && lathe_section_has(cfg, "gather"))
+        return lathe_cfg_error(cfg, "gather", "gather applies to stage 3 (stage %d keeps parameters whole); remove it",
+                               (int)stage);
+    if ((rc = lathe_cfg_choice(cfg, "gather", "auto", gathers, &z->gather)))
+        return rc;
     if (*bucket_bytes < sizeof(float))
         return lathe_cfg_error(cfg, "bucket_size", "a bucket must hold at least one f32 gradient (4 bytes)");
     if (z->offload && env->device != LATHE_DEVICE_CPU)
@@ -240,24 +441,142 @@ static int read_config(struct zero *z, lathe_section *cfg, const struct lathe_en
     return LATHE_OK;
 }
 
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const lathe_tensor *const *)a)[0];
+    uintptr_t y = (uintptr_t)((const lathe_tensor *const *)b)[0];
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Stage 3 on a model with segments: which parameters are segment
+ * parameters, and one group per segment plus the persistent group. */
+static int plan_segments(struct zero *z, const struct lathe_segment *const *segs, size_t nsegs)
+{
+    int rc = LATHE_OK;
+    /* (pointer, index) pairs sorted by pointer, to find each segment
+     * parameter among the trainable ones */
+    struct pair {
+        lathe_tensor *t;
+        size_t i;
+    } *by = malloc((z->n ? z->n : 1) * sizeof *by);
+    size_t *count = calloc(z->n ? z->n : 1, sizeof *count), *idx = malloc((z->n ? z->n : 1) * sizeof *idx);
+    z->segs = calloc(nsegs ? nsegs : 1, sizeof *z->segs);
+    if (!by || !count || !idx || !z->segs) {
+        rc = lathe_error(LATHE_ENOMEM, "zero: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < z->n; i++)
+        by[i] = (struct pair){z->params[i], i};
+    qsort(by, z->n, sizeof *by, cmp_ptr);
+    /* pass 0 counts the segments each parameter is in; pass 1 builds the
+     * groups of the parameters in exactly one */
+    for (int pass = 0; rc == LATHE_OK && pass < 2; pass++)
+        for (size_t s = 0; rc == LATHE_OK && s < nsegs; s++) {
+            size_t m = 0;
+            for (size_t k = 0; k < segs[s]->nparams; k++) {
+                lathe_tensor *key = segs[s]->params[k];
+                struct pair *hit = bsearch(&key, by, z->n, sizeof *by, cmp_ptr);
+                if (hit && (pass == 0 || count[hit->i] == 1))
+                    idx[m++] = hit->i;
+            }
+            qsort(idx, m, sizeof *idx, cmp_size);
+            size_t u = 0; /* a parameter listed twice in one segment counts once */
+            for (size_t k = 0; k < m; k++)
+                if (u == 0 || idx[u - 1] != idx[k])
+                    idx[u++] = idx[k];
+            if (pass == 0) {
+                for (size_t k = 0; k < u; k++)
+                    count[idx[k]]++;
+            } else {
+                rc = group_init(z, &z->segs[s], idx, u);
+                z->segs[s].seg = segs[s];
+                z->nsegs = s + 1;
+            }
+        }
+    size_t m = 0;
+    for (size_t i = 0; rc == LATHE_OK && i < z->n; i++) {
+        z->sharded[i] = count[i] == 1;
+        if (!z->sharded[i])
+            idx[m++] = i;
+    }
+    if (rc == LATHE_OK)
+        rc = group_init(z, &z->persist, idx, m);
+out:
+    free(by);
+    free(count);
+    free(idx);
+    return rc;
+}
+
+static size_t sharded_bytes(const struct zero *z, const struct zgroup *g)
+{
+    size_t b = 0;
+    for (size_t k = 0; k < g->n; k++)
+        if (z->sharded[g->idx[k]])
+            b += (size_t)numel_of(z, g->idx[k]) * sizeof(float);
+    return b;
+}
+
+/* Per-segment stage 3: the largest segment's whole bytes. */
+static size_t largest_segment(const struct zero *z)
+{
+    size_t max = 0;
+    for (size_t s = 0; s < z->nsegs; s++)
+        if (sharded_bytes(z, &z->segs[s]) > max)
+            max = sharded_bytes(z, &z->segs[s]);
+    return max;
+}
+
+static size_t persistent_bytes(const struct zero *z)
+{
+    size_t b = 0;
+    for (size_t i = 0; i < z->n; i++)
+        if (!z->sharded[i])
+            b += (size_t)numel_of(z, i) * sizeof(float);
+    return b;
+}
+
 static void explain(const struct zero *z)
 {
     if (z->rank != 0)
         return;
-    size_t all = (size_t)TOTAL(z) * sizeof(float), shard = (size_t)(z->chunk) * sizeof(float);
-    printf("[parallel] zero stage %d on %d ranks: each rank owns ~%lld of %lld trainable elements "
-           "(optimizer state 1/%d%s%s)\n",
-           z->stage, z->world, (long long)z->chunk, (long long)TOTAL(z), z->world,
-           z->stage >= 2 ? ", reduced gradients 1/N" : "", z->stage == 3 ? ", parameters 1/N between steps" : "");
-    if (z->stage >= 2)
+    size_t all = (size_t)TOTAL(z) * sizeof(float), shard = (size_t)z->all.width * sizeof(float);
+    printf("[parallel] zero stage %d on %d ranks: each rank owns ~%lld of %lld trainable elements in %zu tensors, "
+           "%s layout (optimizer state 1/%d%s%s)\n",
+           z->stage, z->world, (long long)z->all.width, (long long)TOTAL(z), z->n,
+           z->layout == ZERO_PER_PARAM ? "per-parameter" : "flat", z->world,
+           z->stage >= 2 ? ", reduced gradients 1/N" : "", z->stage == 3 ? ", parameters 1/N" : "");
+    if (z->stage == 2 || (z->stage == 3 && !z->per_segment))
         printf("[parallel] zero: the backward still fills full-size gradients (%zu bytes; no grad-ready hook in "
                "the core); after the reduce-scatter each rank keeps only its shard (~%zu bytes)\n",
                all, shard);
-    if (z->stage == 3)
-        printf("[parallel] zero stage 3 is WHOLE-MODEL gathering, not per-layer: all parameters are all-gathered "
-               "after each optimizer step and stay whole (%zu bytes) through forward and backward; only the "
-               "~%zu-byte shard persists while the optimizer steps. Peak parameter memory equals stage 2's; "
-               "per-layer gathering needs a core hook around each module's forward and backward\n",
+    if (z->stage == 3 && z->per_segment) {
+        size_t nsharded = 0;
+        for (size_t i = 0; i < z->n; i++)
+            nsharded += z->sharded[i];
+        printf("[parallel] zero stage 3 gathers PER SEGMENT: %zu model segments; each segment's parameters "
+               "(%zu tensors in all) are all-gathered before its forward and again before its backward, freed "
+               "after each, and its gradients reduce-scattered right after its backward (3x the segment "
+               "parameters moved per micro-batch); %zu persistent tensors (%zu bytes, in no segment) stay whole. "
+               "Parameters per rank at the peak: shard ~%zu + largest segment %zu + persistent %zu bytes "
+               "(whole model %zu)\n",
+               z->nsegs, nsharded, z->n - nsharded, persistent_bytes(z), (size_t)z->pmine * sizeof(float),
+               largest_segment(z), persistent_bytes(z), all);
+        if (nsharded == 0)
+            printf("[parallel] zero stage 3: no trainable parameter is in a model segment (a PEFT run trains "
+                   "adapters outside them), so nothing is gathered per segment and stage 3 acts as stage 2\n");
+    } else if (z->stage == 3)
+        printf("[parallel] zero stage 3 is WHOLE-MODEL gathering, not per-layer (%s): all parameters are "
+               "all-gathered after each optimizer step and stay whole (%zu bytes) through forward and backward; "
+               "only the ~%zu-byte shard persists while the optimizer steps. Peak parameter memory equals stage 2's; "
+               "the step moves 2x the parameters instead of per-segment gathering's 3x\n",
+               z->gather == GATHER_MODEL ? "gather = model" : "the model exposes no segments (model ops `segments`)",
                all, shard);
     if (z->offload)
         printf("[parallel] zero: cpu_offload: optimizer state and step are in host memory (on the CPU backend, "
@@ -265,12 +584,34 @@ static void explain(const struct zero *z)
     fflush(stdout);
 }
 
+/* Offsets of each parameter's piece in the shard buffers. */
+static int shard_offsets(struct zero *z)
+{
+    z->soff = calloc(z->n + 1, sizeof *z->soff);
+    z->psoff = malloc((z->n ? z->n : 1) * sizeof *z->psoff);
+    if (!z->soff || !z->psoff)
+        return lathe_error(LATHE_ENOMEM, "zero: out of memory");
+    z->pmine = 0;
+    for (size_t i = 0; i < z->n; i++) {
+        int64_t len = zero_own_len(z, i, z->rank);
+        z->soff[i + 1] = z->soff[i] + len;
+        z->psoff[i] = z->sharded[i] ? z->pmine : -1;
+        if (z->sharded[i])
+            z->pmine += len;
+    }
+    z->mine = z->soff[z->n];
+    return LATHE_OK;
+}
+
 static int zero_create(lathe_section *cfg, const struct lathe_env *env, const struct lathe_comm_ops *comm,
                        void *comm_self, lathe_tensor *const *params, size_t n, void **self)
 {
     *self = NULL;
+    const struct lathe_backend_ops *be = lathe_backend();
     struct zero *z = calloc(1, sizeof *z);
-    if (!z || !(z->off = calloc(n + 1, sizeof *z->off))) {
+    if (!z || !(z->off = calloc(n + 1, sizeof *z->off)) || !(z->sharded = calloc(n ? n : 1, 1))) {
+        if (z)
+            free(z->off);
         free(z);
         return lathe_error(LATHE_ENOMEM, "zero: out of memory");
     }
@@ -284,6 +625,7 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
     z->cs = comm_self;
     z->rank = comm->rank(comm_self);
     z->world = comm->world_size(comm_self);
+    z->device = env->device;
     z->params = params;
     z->n = n;
     for (size_t i = 0; i < n; i++) {
@@ -294,34 +636,82 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
         }
         z->off[i + 1] = z->off[i] + lathe_tensor_numel(params[i]);
     }
-    z->lo = range_lo(z, z->rank);
-    z->hi = range_lo(z, z->rank + 1);
-    z->chunk = (TOTAL(z) + z->world - 1) / z->world;
+
+    /* stage 3 gathers per segment where the model has segments */
+    const struct lathe_segment *const *segs = NULL;
+    size_t nsegs = 0;
+    if (z->stage == 3 && z->gather != GATHER_MODEL && env->model_ops &&
+        LATHE_OPS_HAS(env->model_ops, struct lathe_model_ops, segments) &&
+        env->model_ops->segments &&
+        (rc = env->model_ops->segments(env->model_self, &segs, &nsegs)) != LATHE_OK) {
+        zero_destroy(z);
+        return lathe_error_prefix(rc, "zero stage 3: asking the model for its segments");
+    }
+    if (z->gather == GATHER_SEGMENT && nsegs == 0) {
+        zero_destroy(z);
+        return lathe_cfg_error(cfg, "gather",
+                               "the model runs no blocks as segments (model ops `segments`), so stage 3 cannot "
+                               "gather per segment; set gather = model (or auto)");
+    }
+    z->per_segment = z->stage == 3 && nsegs > 0;
+    z->layout = z->per_segment ? ZERO_PER_PARAM : ZERO_FLAT;
+    size_t *every = malloc((n ? n : 1) * sizeof *every);
+    if (!every)
+        rc = lathe_error(LATHE_ENOMEM, "zero: out of memory");
+    for (size_t i = 0; rc == LATHE_OK && i < n; i++)
+        every[i] = i;
+    if (rc == LATHE_OK)
+        rc = group_init(z, &z->all, every, n);
+    free(every);
+    if (rc == LATHE_OK && z->per_segment)
+        rc = plan_segments(z, segs, nsegs);
+    else if (rc == LATHE_OK && z->stage == 3)
+        memset(z->sharded, 1, n); /* whole-model: every parameter */
+    for (size_t i = 0; rc == LATHE_OK && i < n; i++)
+        if (z->sharded[i] && !(params[i]->flags & LATHE_TENSOR_OWNS_DATA))
+            rc = lathe_error(LATHE_EUNSUPPORTED,
+                             "zero stage 3: parameter '%s' does not own its buffer (a view or a mapped file), so its "
+                             "whole copy cannot be freed between uses; use stage 2",
+                             params[i]->name);
+    if (rc == LATHE_OK)
+        rc = shard_offsets(z);
+    if (rc != LATHE_OK) {
+        zero_destroy(z);
+        return rc;
+    }
+
+    int64_t maxw = z->all.width;
     z->bucket = (int64_t)(bucket_bytes / sizeof(float) / (uint64_t)z->world);
     if (z->bucket < 1)
         z->bucket = 1;
-    if (z->bucket > z->chunk)
-        z->bucket = z->chunk > 0 ? z->chunk : 1;
-    int64_t mine = z->hi - z->lo;
-    z->big = malloc((size_t)z->bucket * (size_t)z->world * sizeof(float));
-    z->small = malloc((size_t)z->bucket * sizeof(float));
-    z->shard_grad = calloc(mine ? (size_t)mine : 1, sizeof(float));
+    if (z->bucket > maxw)
+        z->bucket = maxw > 0 ? maxw : 1;
+    z->big = be->alloc((size_t)z->bucket * (size_t)z->world * sizeof(float));
+    z->small = be->alloc((size_t)z->bucket * sizeof(float));
+    z->norm = be->alloc(2 * sizeof(float));
+    z->shard_grad = be->alloc((z->mine ? (size_t)z->mine : 1) * sizeof(float));
     if (z->stage == 3)
-        z->shard_param = calloc(mine ? (size_t)mine : 1, sizeof(float));
-    if (!z->big || !z->small || !z->shard_grad || (z->stage == 3 && !z->shard_param)) {
+        z->shard_param = be->alloc((z->pmine ? (size_t)z->pmine : 1) * sizeof(float));
+    if (!z->big || !z->small || !z->norm || !z->shard_grad || (z->stage == 3 && !z->shard_param)) {
         zero_destroy(z);
         return lathe_error(LATHE_ENOMEM, "zero: out of memory for this rank's shard (%lld elements)",
-                           (long long)mine);
+                           (long long)z->mine);
     }
+    be->zero(z->shard_grad, (size_t)z->mine * sizeof(float));
     if (z->world > 1)
         rc = broadcast_params(z);
-    /* stage 3: the shard is the persistent copy; the whole parameters stay
-     * for the first forward */
+    /* stage 3: the shard is the persistent copy */
     if (rc == LATHE_OK && z->stage == 3)
-        rc = flat_copy(z, 0, z->lo, mine, z->shard_param, 1);
+        rc = zero_refresh_shard(z);
+    z->live_bytes = (size_t)(z->pmine + TOTAL(z)) * sizeof(float);
+    /* per segment: the whole buffers exist only between acquire and
+     * release; whole-model: they stay for the first forward */
+    for (size_t s = 0; rc == LATHE_OK && s < z->nsegs; s++)
+        free_whole(z, &z->segs[s]);
+    z->peak_bytes = z->live_bytes;
     z->gathered = 1;
     if (rc == LATHE_OK)
-        rc = make_views(z, env->device);
+        rc = make_views(z);
     if (rc != LATHE_OK) {
         zero_destroy(z);
         return rc;
@@ -331,39 +721,109 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
     return LATHE_OK;
 }
 
+/* ---- per-segment hooks ------------------------------------------------ */
+
+static struct zgroup *find_segment(struct zero *z, const struct lathe_segment *seg)
+{
+    for (size_t k = 0; k < z->nsegs; k++) {
+        size_t s = (z->hint + k) % z->nsegs;
+        if (z->segs[s].seg == seg) {
+            z->hint = s;
+            return &z->segs[s];
+        }
+    }
+    return NULL;
+}
+
+static int zero_acquire(void *self, const struct lathe_segment *seg)
+{
+    struct zero *z = self;
+    if (!z->per_segment)
+        return LATHE_OK;
+    struct zgroup *g = find_segment(z, seg);
+    if (!g)
+        return lathe_error(LATHE_EINVAL,
+                           "zero stage 3: segment '%s' is not one the model listed when the strategy was made; a "
+                           "model's segments must stay the same for the whole run",
+                           seg && seg->name ? seg->name : "?");
+    if (g->n == 0 || g->live++ > 0)
+        return LATHE_OK;
+    int rc = alloc_whole(z, g);
+    if (rc == LATHE_OK)
+        rc = gather_group(z, g);
+    if (rc != LATHE_OK) {
+        free_whole(z, g);
+        g->live = 0;
+        return lathe_error_prefix(rc, "zero stage 3: gathering segment '%s'", seg->name ? seg->name : "?");
+    }
+    z->gathers++;
+    z->gather_elems += g->numel;
+    return LATHE_OK;
+}
+
+static int zero_release(void *self, const struct lathe_segment *seg, int backward)
+{
+    struct zero *z = self;
+    if (!z->per_segment)
+        return LATHE_OK;
+    struct zgroup *g = find_segment(z, seg);
+    const char *name = seg && seg->name ? seg->name : "?";
+    if (!g)
+        return lathe_error(LATHE_EINVAL, "zero stage 3: released segment '%s' is not one of the model's", name);
+    if (g->n == 0)
+        return LATHE_OK;
+    if (g->live == 0)
+        return lathe_error(LATHE_EINVAL, "zero stage 3: segment '%s' released without a matching acquire", name);
+    if (--g->live > 0)
+        return LATHE_OK;
+    int rc = LATHE_OK;
+    if (backward) {
+        rc = reduce_scatter_group(z, g);
+        free_grads(z, g);
+    } else {
+        for (size_t k = 0; k < g->n; k++)
+            refresh_one(z, g->idx[k]);
+    }
+    free_whole(z, g);
+    return rc == LATHE_OK ? rc : lathe_error_prefix(rc, "zero stage 3: releasing segment '%s'", name);
+}
+
+/* ---- the step --------------------------------------------------------- */
+
 static int zero_reduce_grads(void *self)
 {
     struct zero *z = self;
-    const struct lathe_backend_ops *be = lathe_backend();
-    int64_t mine = z->hi - z->lo;
-    for (int64_t at = 0; at < z->chunk; at += z->bucket) {
-        int64_t len = z->chunk - at < z->bucket ? z->chunk - at : z->bucket;
-        for (int r = 0; r < z->world; r++) {
-            int64_t from = range_lo(z, r) + at;
-            int64_t valid = clamp0(range_lo(z, r + 1) - from, len);
-            float *block = z->big + (size_t)r * (size_t)len;
-            int rc = flat_copy(z, 1, from, valid, block, 1);
-            if (rc != LATHE_OK)
-                return rc;
-            memset(block + valid, 0, (size_t)(len - valid) * sizeof(float));
-        }
-        int rc = z->co->reduce_scatter(z->cs, z->big, z->small, len, LATHE_F32, LATHE_REDUCE_AVG);
+    if (z->per_segment) {
+        for (size_t s = 0; s < z->nsegs; s++)
+            if (z->segs[s].live)
+                return lathe_error(LATHE_EINVAL,
+                                   "zero stage 3: segment '%s' is still gathered at the end of the backward (an "
+                                   "acquire without its release)",
+                                   z->segs[s].seg->name ? z->segs[s].seg->name : "?");
+        for (size_t i = 0; i < z->n; i++)
+            if (z->sharded[i] && z->params[i]->grad)
+                return lathe_error(LATHE_EINVAL,
+                                   "zero stage 3: '%s' has a gradient its segment's release did not reduce: the "
+                                   "backward ran outside the segment hooks (lathe/segment.h)",
+                                   z->params[i]->name);
+        int rc = reduce_scatter_group(z, &z->persist);
         if (rc != LATHE_OK)
-            return lathe_error_prefix(rc, "zero: reduce-scatter of the gradients");
-        memcpy(z->shard_grad + at, z->small, (size_t)clamp0(mine - at, len) * sizeof(float));
+            return rc;
+        free_grads(z, &z->persist);
+        lathe_report_scalar("zero/gathers", (double)z->gathers);
+        lathe_report_scalar("zero/gather_bytes", (double)z->gather_elems * sizeof(float));
+        lathe_report_scalar("zero/param_bytes_peak", (double)z->peak_bytes);
+        z->gathers = z->gather_elems = 0;
+        z->peak_bytes = z->live_bytes;
+        return LATHE_OK;
     }
+    int rc = reduce_scatter_group(z, &z->all);
+    if (rc != LATHE_OK)
+        return rc;
     if (z->stage >= 2)
-        for (size_t i = 0; i < z->n; i++) {
-            lathe_tensor *p = z->params[i];
-            lathe_tensor_free(p->grad);
-            p->grad = NULL;
-        }
+        free_grads(z, &z->all);
     if (z->stage == 3) {
-        for (size_t i = 0; i < z->n; i++) {
-            lathe_tensor *p = z->params[i];
-            be->free(p->data);
-            p->data = NULL;
-        }
+        free_whole(z, &z->all);
         z->gathered = 0;
     }
     return LATHE_OK;
@@ -373,13 +833,19 @@ static int zero_grad_sumsq(void *self, double *out)
 {
     struct zero *z = self;
     double s = 0.0;
-    for (int64_t i = 0; i < z->hi - z->lo; i++)
-        s += (double)z->shard_grad[i] * (double)z->shard_grad[i];
+    if (z->mine > 0)
+        lathe_backend()->sumsq(&s, z->shard_grad, z->mine);
     /* the comm reduces f32: send the double as a high and a low part */
     float hl[2];
     hl[0] = (float)s;
     hl[1] = (float)(s - (double)hl[0]);
-    int rc = z->co->all_reduce(z->cs, hl, 2, LATHE_F32, LATHE_REDUCE_SUM);
+    /* through backend memory, as every buffer given to the comm */
+    float *dev = z->norm;
+    int rc = lathe_backend()->copy(dev, hl, sizeof hl, 1);
+    if (rc == LATHE_OK)
+        rc = z->co->all_reduce(z->cs, dev, 2, LATHE_F32, LATHE_REDUCE_SUM);
+    if (rc == LATHE_OK)
+        rc = lathe_backend()->copy(hl, dev, sizeof hl, 0);
     if (rc != LATHE_OK)
         return lathe_error_prefix(rc, "zero: all-reduce of the gradient norm");
     *out = (double)hl[0] + (double)hl[1];
@@ -389,42 +855,19 @@ static int zero_grad_sumsq(void *self, double *out)
 static int zero_sync_params(void *self)
 {
     struct zero *z = self;
-    const struct lathe_backend_ops *be = lathe_backend();
+    if (z->per_segment) /* segment parameters are gathered at their next acquire */
+        return z->world == 1 ? LATHE_OK : gather_group(z, &z->persist);
     if (z->stage != 3 && z->world == 1)
         return LATHE_OK; /* the step wrote the only copy */
     if (z->stage == 3 && !z->gathered) {
-        for (size_t i = 0; i < z->n; i++) {
-            lathe_tensor *p = z->params[i];
-            if (!(p->data = be->alloc(lathe_tensor_nbytes(p))))
-                return lathe_error(LATHE_ENOMEM, "zero stage 3: out of memory gathering '%s' (%zu bytes)", p->name,
-                                   lathe_tensor_nbytes(p));
-        }
-    }
-    int64_t mine = z->hi - z->lo;
-    for (int64_t at = 0; at < z->chunk; at += z->bucket) {
-        int64_t len = z->chunk - at < z->bucket ? z->chunk - at : z->bucket;
-        int64_t valid = clamp0(mine - at, len);
-        int rc = LATHE_OK;
-        if (z->stage == 3)
-            memcpy(z->small, z->shard_param + at, (size_t)valid * sizeof(float));
-        else
-            rc = flat_copy(z, 0, z->lo + at, valid, z->small, 1);
+        int rc = alloc_whole(z, &z->all);
         if (rc != LATHE_OK)
             return rc;
-        memset(z->small + valid, 0, (size_t)(len - valid) * sizeof(float));
-        if ((rc = z->co->all_gather(z->cs, z->small, z->big, len, LATHE_F32)) != LATHE_OK)
-            return lathe_error_prefix(rc, "zero: all-gather of the updated parameters");
-        for (int r = 0; r < z->world; r++) {
-            if (r == z->rank && z->stage != 3)
-                continue; /* the step updated these in place */
-            int64_t from = range_lo(z, r) + at;
-            if ((rc = flat_copy(z, 0, from, clamp0(range_lo(z, r + 1) - from, len), z->big + (size_t)r * (size_t)len,
-                                0)) != LATHE_OK)
-                return rc;
-        }
     }
-    z->gathered = 1;
-    return LATHE_OK;
+    int rc = gather_group(z, &z->all);
+    if (rc == LATHE_OK)
+        z->gathered = 1;
+    return rc;
 }
 
 static int zero_optim_params(void *self, lathe_tensor *const **params, size_t *n)
@@ -435,406 +878,27 @@ static int zero_optim_params(void *self, lathe_tensor *const **params, size_t *n
     return LATHE_OK;
 }
 
-/* What this rank holds between steps. The optimizer reports its own state
- * (made over the views, so it is this rank's 1/N). */
+/* Parameter bytes: stages 1-2 the whole model; whole-model stage 3 the
+ * shard it keeps between steps; per-segment stage 3 its peak (shard +
+ * largest segment + persistent). Gradient bytes: stage 1 the full-size
+ * gradients and the shard; stage 2 and whole-model stage 3 the shard kept
+ * between steps; per-segment stage 3 its peak (shard + one segment's
+ * full-size gradients + the persistent ones). The optimizer reports its own
+ * state (made over the views, so it is this rank's 1/N). */
 static int zero_memory(void *self, size_t *param_bytes, size_t *grad_bytes, size_t *optim_bytes)
 {
     struct zero *z = self;
-    size_t all = (size_t)TOTAL(z) * sizeof(float), shard = (size_t)(z->hi - z->lo) * sizeof(float);
-    *param_bytes = z->stage == 3 ? shard : all;
-    *grad_bytes = z->stage == 1 ? all + shard : shard;
+    size_t all = (size_t)TOTAL(z) * sizeof(float), shard = (size_t)z->mine * sizeof(float);
+    if (z->per_segment) {
+        size_t extra = largest_segment(z) + persistent_bytes(z);
+        *param_bytes = (size_t)z->pmine * sizeof(float) + extra;
+        *grad_bytes = shard + extra;
+    } else {
+        *param_bytes = z->stage == 3 ? shard : all;
+        *grad_bytes = z->stage == 1 ? all + shard : shard;
+    }
     *optim_bytes = 0;
     return LATHE_OK;
-}
-
-/* ---- checkpoints ------------------------------------------------------ */
-
-#define MANIFEST "zero-manifest.json"
-#define MANIFEST_FORMAT "lathe-zero/1"
-
-static json_t *manifest_json(const struct zero *z, int64_t step, int have_step)
-{
-    json_t *root = json_object(), *params = json_array(), *ranks = json_array();
-    if (!root || !params || !ranks) {
-        json_decref(root);
-        json_decref(params);
-        json_decref(ranks);
-        return NULL;
-    }
-    json_object_set_new(root, "format", json_string(MANIFEST_FORMAT));
-    json_object_set_new(root, "world_size", json_integer(z->world));
-    json_object_set_new(root, "stage", json_integer(z->stage));
-    json_object_set_new(root, "total_elements", json_integer(TOTAL(z)));
-    json_object_set_new(root, "optimizer_step", have_step ? json_integer(step) : json_null());
-    for (size_t i = 0; i < z->n; i++)
-        json_array_append_new(params, json_pack("{s:s, s:I, s:I}", "name", z->params[i]->name, "numel",
-                                                (json_int_t)(z->off[i + 1] - z->off[i]), "offset",
-                                                (json_int_t)z->off[i]));
-    /* every rank's pieces follow from the sizes; they are written out so a
-     * reader needs no partition rule */
-    for (int r = 0; r < z->world; r++) {
-        int64_t lo = range_lo(z, r), hi = range_lo(z, r + 1);
-        json_t *pieces = json_array();
-        for (size_t i = 0; pieces && i < z->n; i++) {
-            int64_t a = z->off[i] > lo ? z->off[i] : lo, b = z->off[i + 1] < hi ? z->off[i + 1] : hi;
-            if (a >= b)
-                continue;
-            char view[LATHE_NAME_MAX + 24];
-            snprintf(view, sizeof view, "%s@%lld", z->params[i]->name, (long long)(a - z->off[i]));
-            json_array_append_new(pieces, json_pack("{s:s, s:I, s:I, s:I}", "view", view, "param", (json_int_t)i,
-                                                    "param_offset", (json_int_t)(a - z->off[i]), "length",
-                                                    (json_int_t)(b - a)));
-        }
-        json_array_append_new(ranks, json_pack("{s:i, s:I, s:I, s:o}", "rank", r, "offset", (json_int_t)lo, "length",
-                                               (json_int_t)(hi - lo), "pieces", pieces ? pieces : json_array()));
-    }
-    json_object_set_new(root, "params", params);
-    json_object_set_new(root, "ranks", ranks);
-    return root;
-}
-
-static int write_manifest(const struct zero *z, const char *dir, int64_t step, int have_step)
-{
-    char path[4300], tmp[4400];
-    snprintf(path, sizeof path, "%s/" MANIFEST, dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    json_t *root = manifest_json(z, step, have_step);
-    if (!root)
-        return lathe_error(LATHE_ENOMEM, "zero: out of memory");
-    int bad = json_dump_file(root, tmp, JSON_INDENT(1)) != 0;
-    json_decref(root);
-    if (bad || rename(tmp, path) != 0)
-        return lathe_error(LATHE_EIO, "%s: cannot write the ZeRO manifest: %s", path, strerror(errno));
-    return LATHE_OK;
-}
-
-static int zero_state_save(void *self, const struct lathe_optim_ops *optim, void *optim_self, const char *dir)
-{
-    struct zero *z = self;
-    lathe_state *st = lathe_state_create();
-    if (!st)
-        return lathe_error(LATHE_ENOMEM, "zero: out of memory");
-    int rc = optim->state_save(optim_self, st);
-    char sub[4300];
-    snprintf(sub, sizeof sub, "%s/zero-rank-%d", dir, z->rank);
-    if (rc == LATHE_OK)
-        rc = lathe_state_save_dir(st, sub);
-    if (rc == LATHE_OK && z->rank == 0) {
-        int64_t step = 0;
-        int have = lathe_state_get_i64(st, "step", &step) == LATHE_OK;
-        rc = write_manifest(z, dir, step, have);
-    }
-    lathe_state_destroy(st);
-    return rc == LATHE_OK ? rc : lathe_error_prefix(rc, "zero: saving rank %d's optimizer shard", z->rank);
-}
-
-/* One old rank's piece, from the manifest. */
-struct old_piece {
-    const char *view;
-    int64_t param, poff, len;
-};
-
-struct manifest {
-    json_t *root;
-    int world;
-    struct old_piece **pieces; /* per old rank */
-    size_t *npieces;
-};
-
-static void manifest_free(struct manifest *m)
-{
-    if (m->pieces)
-        for (int r = 0; r < m->world; r++)
-            free(m->pieces[r]);
-    free(m->pieces);
-    free(m->npieces);
-    json_decref(m->root);
-}
-
-static int64_t jint(json_t *o, const char *key, int *ok)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v)) {
-        *ok = 0;
-        return 0;
-    }
-    return (int64_t)json_integer_value(v);
-}
-
-/* Read and check the manifest against this run's parameters. */
-static int manifest_read(const struct zero *z, const char *dir, struct manifest *m)
-{
-    memset(m, 0, sizeof *m);
-    char path[4300];
-    snprintf(path, sizeof path, "%s/" MANIFEST, dir);
-    json_error_t jerr;
-    if (!(m->root = json_load_file(path, 0, &jerr)))
-        return lathe_error(LATHE_EIO,
-                           "%s:%d: cannot read the ZeRO manifest (%s); a checkpoint saved without [parallel] "
-                           "plugin = zero cannot resume a zero run",
-                           path, jerr.line, jerr.text);
-    int ok = 1;
-    const char *fmt = json_string_value(json_object_get(m->root, "format"));
-    int64_t world = jint(m->root, "world_size", &ok);
-    json_t *params = json_object_get(m->root, "params"), *ranks = json_object_get(m->root, "ranks");
-    if (!fmt || strcmp(fmt, MANIFEST_FORMAT) != 0 || !ok || world < 1 || world > 1 << 20 || !json_is_array(params) ||
-        !json_is_array(ranks) || json_array_size(ranks) != (size_t)world)
-        return lathe_error(LATHE_EIO, "%s: not a %s manifest (format, world_size, params or ranks is missing or wrong)",
-                           path, MANIFEST_FORMAT);
-    if (json_array_size(params) != z->n)
-        return lathe_error(LATHE_EINVAL, "%s: the checkpoint has %zu trainable parameters, this run %zu", path,
-                           json_array_size(params), z->n);
-    for (size_t i = 0; i < z->n; i++) {
-        json_t *p = json_array_get(params, i);
-        const char *name = json_string_value(json_object_get(p, "name"));
-        int64_t numel = jint(p, "numel", &ok);
-        if (!name || !ok || strcmp(name, z->params[i]->name) != 0 || numel != z->off[i + 1] - z->off[i])
-            return lathe_error(LATHE_EINVAL,
-                               "%s: trainable parameter %zu is '%s' of %lld elements in the checkpoint, '%s' of %lld "
-                               "in this run",
-                               path, i, name ? name : "?", (long long)numel, z->params[i]->name,
-                               (long long)(z->off[i + 1] - z->off[i]));
-    }
-    m->world = (int)world;
-    m->pieces = calloc((size_t)world, sizeof *m->pieces);
-    m->npieces = calloc((size_t)world, sizeof *m->npieces);
-    if (!m->pieces || !m->npieces)
-        return lathe_error(LATHE_ENOMEM, "zero: out of memory");
-    for (int r = 0; r < m->world; r++) {
-        json_t *pcs = json_object_get(json_array_get(ranks, (size_t)r), "pieces");
-        if (!json_is_array(pcs))
-            return lathe_error(LATHE_EIO, "%s: rank %d has no pieces", path, r);
-        m->pieces[r] = calloc(json_array_size(pcs) + 1, sizeof **m->pieces);
-        if (!m->pieces[r])
-            return lathe_error(LATHE_ENOMEM, "zero: out of memory");
-        size_t k;
-        json_t *pc;
-        json_array_foreach(pcs, k, pc)
-        {
-            struct old_piece *o = &m->pieces[r][k];
-            o->view = json_string_value(json_object_get(pc, "view"));
-            o->param = jint(pc, "param", &ok);
-            o->poff = jint(pc, "param_offset", &ok);
-            o->len = jint(pc, "length", &ok);
-            if (!o->view || !ok || o->param < 0 || (size_t)o->param >= z->n || o->poff < 0 || o->len < 1 ||
-                o->poff + o->len > z->off[o->param + 1] - z->off[o->param])
-                return lathe_error(LATHE_EIO, "%s: rank %d piece %zu is malformed", path, r, k);
-        }
-        m->npieces[r] = json_array_size(pcs);
-    }
-    return LATHE_OK;
-}
-
-/* The scalars of an old rank's state (state.json), copied into st. */
-static int copy_scalars(lathe_state *st, const char *sub)
-{
-    char path[4400];
-    snprintf(path, sizeof path, "%s/state.json", sub);
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return lathe_error(LATHE_EIO, "%s:%d: cannot read: %s", path, jerr.line, jerr.text);
-    }
-    const char *key;
-    json_t *v;
-    int rc = LATHE_OK;
-    json_object_foreach(root, key, v)
-    {
-        if (json_is_integer(v))
-            rc = lathe_state_put_i64(st, key, (int64_t)json_integer_value(v));
-        else if (json_is_real(v))
-            rc = lathe_state_put_f64(st, key, json_real_value(v));
-        else if (json_is_string(v))
-            rc = lathe_state_put_str(st, key, json_string_value(v));
-        if (rc != LATHE_OK)
-            break;
-    }
-    json_decref(root);
-    return rc;
-}
-
-/* New shard moments under construction: one tensor per (key prefix, view). */
-struct rebuilt {
-    char **prefix;
-    size_t nprefix, cap;
-    lathe_tensor **t;  /* [nprefix * nviews] */
-    int64_t *covered;  /* elements filled */
-};
-
-static int prefix_index(struct rebuilt *b, size_t nviews, const char *prefix, size_t plen)
-{
-    for (size_t i = 0; i < b->nprefix; i++)
-        if (strlen(b->prefix[i]) == plen && strncmp(b->prefix[i], prefix, plen) == 0)
-            return (int)i;
-    size_t nv = nviews ? nviews : 1;
-    if (b->nprefix == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 4;
-        char **p = realloc(b->prefix, cap * sizeof *p);
-        if (p)
-            b->prefix = p;
-        lathe_tensor **t = p ? realloc(b->t, cap * nv * sizeof *t) : NULL;
-        if (t)
-            b->t = t;
-        int64_t *c = t ? realloc(b->covered, cap * nv * sizeof *c) : NULL;
-        if (!c)
-            return -1;
-        b->covered = c;
-        memset(b->t + b->cap * nv, 0, (cap - b->cap) * nv * sizeof *t);
-        memset(b->covered + b->cap * nv, 0, (cap - b->cap) * nv * sizeof *c);
-        b->cap = cap;
-    }
-    if (!(b->prefix[b->nprefix] = strndup(prefix, plen)))
-        return -1;
-    return (int)b->nprefix++;
-}
-
-static void rebuilt_free(struct rebuilt *b, size_t nviews)
-{
-    for (size_t i = 0; i < b->nprefix; i++) {
-        free(b->prefix[i]);
-        for (size_t j = 0; j < nviews; j++)
-            lathe_tensor_free(b->t[i * nviews + j]);
-    }
-    free(b->prefix);
-    free(b->t);
-    free(b->covered);
-}
-
-/* The old piece whose view name ends key (the longest such), or NULL. */
-static const struct old_piece *match_piece(const struct manifest *m, int r, const char *key)
-{
-    const struct old_piece *best = NULL;
-    size_t kl = strlen(key), bl = 0;
-    for (size_t k = 0; k < m->npieces[r]; k++) {
-        size_t vl = strlen(m->pieces[r][k].view);
-        if (vl <= kl && vl > bl && strcmp(key + kl - vl, m->pieces[r][k].view) == 0) {
-            best = &m->pieces[r][k];
-            bl = vl;
-        }
-    }
-    return best;
-}
-
-/* Copy the overlap of one old rank's tensors with this rank's views. */
-static int reshard_rank(struct zero *z, const struct manifest *m, int r, const char *dir, struct rebuilt *b)
-{
-    char path[4400];
-    snprintf(path, sizeof path, "%s/zero-rank-%d/state.safetensors", dir, r);
-    lathe_weights *w;
-    int rc = lathe_weights_open(&w, path);
-    if (rc != LATHE_OK)
-        return rc;
-    for (size_t i = 0; rc == LATHE_OK && i < lathe_weights_count(w); i++) {
-        const char *name;
-        enum lathe_dtype dt;
-        int ndim;
-        int64_t shape[LATHE_MAX_DIMS];
-        if ((rc = lathe_weights_info(w, i, &name, &dt, &ndim, shape)) != LATHE_OK)
-            break;
-        const struct old_piece *op = match_piece(m, r, name);
-        lathe_tensor *old = lathe_tensor_new(LATHE_F32, ndim, shape);
-        if (!old) {
-            rc = lathe_error(LATHE_ENOMEM, "zero: out of memory reading '%s'", name);
-            break;
-        }
-        if (!op) {
-            /* a tensor of no parameter (none in adamw or sgd) cannot be
-             * split by element ranges */
-            lathe_tensor_free(old);
-            rc = lathe_error(LATHE_EUNSUPPORTED,
-                             "%s: optimizer state '%s' belongs to no parameter piece of the manifest; resharding "
-                             "it onto another number of ranks is not implemented (resume on %d ranks)",
-                             path, name, m->world);
-            break;
-        }
-        if (lathe_tensor_numel(old) != op->len) {
-            lathe_tensor_free(old);
-            rc = lathe_error(LATHE_EIO, "%s: '%s' holds %lld elements, its piece %lld", path, name,
-                             (long long)lathe_tensor_numel(old), (long long)op->len);
-            break;
-        }
-        int pi = prefix_index(b, z->nviews, name, strlen(name) - strlen(op->view));
-        if (pi < 0) {
-            lathe_tensor_free(old);
-            rc = lathe_error(LATHE_ENOMEM, "zero: out of memory");
-            break;
-        }
-        int loaded = 0;
-        for (size_t j = 0; rc == LATHE_OK && j < z->nviews; j++) {
-            const struct piece *np = &z->pieces[j];
-            if ((int64_t)np->param != op->param)
-                continue;
-            int64_t a = np->poff > op->poff ? np->poff : op->poff;
-            int64_t e = np->poff + np->len < op->poff + op->len ? np->poff + np->len : op->poff + op->len;
-            if (a >= e)
-                continue;
-            if (!loaded && (rc = lathe_weights_read(w, name, old)) != LATHE_OK)
-                break;
-            loaded = 1;
-            lathe_tensor **slot = &b->t[(size_t)pi * z->nviews + j];
-            if (!*slot && !(*slot = lathe_tensor_new(LATHE_F32, z->views[j]->ndim, z->views[j]->shape))) {
-                rc = lathe_error(LATHE_ENOMEM, "zero: out of memory");
-                break;
-            }
-            memcpy(lathe_tensor_f32(*slot) + (a - np->poff), lathe_tensor_f32(old) + (a - op->poff),
-                   (size_t)(e - a) * sizeof(float));
-            b->covered[(size_t)pi * z->nviews + j] += e - a;
-        }
-        lathe_tensor_free(old);
-    }
-    lathe_weights_close(w);
-    return rc;
-}
-
-static int zero_state_load(void *self, const struct lathe_optim_ops *optim, void *optim_self, const char *dir)
-{
-    struct zero *z = self;
-    struct manifest m;
-    int rc = manifest_read(z, dir, &m);
-    /* stage 3: the core has just loaded the whole parameters; refresh the
-     * persistent shard from them */
-    if (rc == LATHE_OK && z->stage == 3)
-        rc = flat_copy(z, 0, z->lo, z->hi - z->lo, z->shard_param, 1);
-    lathe_state *st = NULL;
-    char sub[4300];
-    if (rc == LATHE_OK && m.world == z->world) {
-        /* same partition (same sizes, same rule): this rank's own file */
-        snprintf(sub, sizeof sub, "%s/zero-rank-%d", dir, z->rank);
-        rc = lathe_state_load_dir(&st, sub);
-        if (rc == LATHE_OK)
-            rc = optim->state_load(optim_self, st);
-    } else if (rc == LATHE_OK) {
-        struct rebuilt b = {0};
-        if (!(st = lathe_state_create()))
-            rc = lathe_error(LATHE_ENOMEM, "zero: out of memory");
-        snprintf(sub, sizeof sub, "%s/zero-rank-0", dir);
-        if (rc == LATHE_OK)
-            rc = copy_scalars(st, sub);
-        for (int r = 0; rc == LATHE_OK && r < m.world; r++)
-            rc = reshard_rank(z, &m, r, dir, &b);
-        for (size_t i = 0; rc == LATHE_OK && i < b.nprefix; i++)
-            for (size_t j = 0; rc == LATHE_OK && j < z->nviews; j++) {
-                lathe_tensor *t = b.t[i * z->nviews + j];
-                if (!t || b.covered[i * z->nviews + j] != z->pieces[j].len) {
-                    rc = lathe_error(LATHE_EIO, "%s: the old shards cover %lld of the %lld elements of '%s%s'", dir,
-                                     (long long)b.covered[i * z->nviews + j], (long long)z->pieces[j].len,
-                                     b.prefix[i], z->views[j]->name);
-                    break;
-                }
-                char key[LATHE_NAME_MAX + 256];
-                snprintf(key, sizeof key, "%s%s", b.prefix[i], z->views[j]->name);
-                rc = lathe_state_put_tensor(st, key, t);
-            }
-        if (rc == LATHE_OK)
-            rc = optim->state_load(optim_self, st);
-        if (rc == LATHE_OK && z->rank == 0)
-            printf("[parallel] zero: optimizer state of %d ranks resharded onto %d\n", m.world, z->world);
-        rebuilt_free(&b, z->nviews);
-    }
-    lathe_state_destroy(st);
-    manifest_free(&m);
-    return rc == LATHE_OK ? rc : lathe_error_prefix(rc, "zero: loading rank %d's optimizer shard", z->rank);
 }
 
 static const struct lathe_strategy_ops zero_ops = {
@@ -848,6 +912,8 @@ static const struct lathe_strategy_ops zero_ops = {
     .state_save = zero_state_save,
     .state_load = zero_state_load,
     .memory = zero_memory,
+    .acquire = zero_acquire,
+    .release = zero_release,
 };
 
 static const struct lathe_component zero_components[] = {
@@ -855,6 +921,7 @@ static const struct lathe_component zero_components[] = {
     {0},
 };
 
-LATHE_PLUGIN_DEFINE(zero, .version = "0.1.0",
-                    .description = "ZeRO stages 1-3 (optimizer state, gradients, parameters sharded across ranks)",
+LATHE_PLUGIN_DEFINE(zero, .version = "0.2.0",
+                    .description = "ZeRO stages 1-3 (optimizer state, gradients, parameters sharded across ranks; "
+                                   "stage 3 gathers each model segment when used)",
                     .components = zero_components)

@@ -7,7 +7,7 @@
 /* Bump MINOR when a slot is appended to any ops struct or a field to a
  * public struct; bump MAJOR (and reset MINOR) for any other change. */
 #define LATHE_ABI_MAJOR 1
-#define LATHE_ABI_MINOR 1
+#define LATHE_ABI_MINOR 2
 
 #if defined(__GNUC__)
 #define LATHE_EXPORT __attribute__((visibility("default")))

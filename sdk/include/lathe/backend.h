@@ -166,6 +166,19 @@ struct lathe_backend_ops {
     void (*unary_forward)(int op, float *out, const float *x, int64_t n, float a, float b);
     void (*unary_backward)(int op, float *dx, const float *dout, const float *x, const float *out, int64_t n,
                            float a, float b);
+
+    /* ---- ABI 1.2: mixed precision ---- */
+    /* gemm (same arguments after the first two) whose A and B are first
+     * rounded to `dtype` (LATHE_BF16 or LATHE_F16) with products summed in
+     * f32: the numerics of a 16-bit tensor-core GEMM. round_c: C (after
+     * alpha and beta) is then rounded to dtype too (an F16 overflow becomes
+     * +-inf). Inputs are not modified. */
+    void (*gemm_lowp)(int dtype, int round_c, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, const float *B, float beta, float *C,
+                      int64_t batch, int64_t sa, int64_t sb, int64_t sc);
+    /* out[n] = x[n] rounded to dtype's nearest value (round to nearest
+     * even), kept in f32; out may equal x. */
+    void (*round_to)(float *out, const float *x, int64_t n, int dtype);
 };
 
 enum lathe_unary_op {

@@ -24,5 +24,6 @@
 #include "weights.h"
 #include "generate.h"
 #include "policy.h"
+#include "segment.h"
 
 #endif

@@ -3,6 +3,7 @@
 #define LATHE_MODEL_H
 
 #include "env.h"
+#include "segment.h"
 #include "tensor.h"
 
 #ifdef __cplusplus
@@ -63,6 +64,12 @@ struct lathe_model_ops {
      * (segment -1 attends nothing and is attended by nothing else). An
      * overfull cache is an error naming max_len. */
     lathe_tensor *(*forward_cached)(void *self, void *cache, const struct lathe_batch *batch);
+
+    /* ---- ABI 1.2 ---- */
+    /* optional: the segments (lathe/segment.h) forward runs its blocks
+     * through, in forward order; owned by the model. Parameters in no
+     * segment (embeddings, final norm, head) are used for the whole step. */
+    int (*segments)(void *self, const struct lathe_segment *const **segs, size_t *n);
 };
 
 #ifdef __cplusplus

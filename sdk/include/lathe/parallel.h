@@ -6,6 +6,7 @@
 
 #include "env.h"
 #include "optim.h"
+#include "segment.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,6 +32,14 @@ struct lathe_comm_ops {
                       const int64_t *send_displs, void *recv, const int64_t *recv_counts,
                       const int64_t *recv_displs, int dtype);
     int (*barrier)(void *self);
+
+    /* ---- ABI 1.2 ---- */
+    /* Sub-groups: ranks passing the same color form a new communicator
+     * (ordered by key, then by rank) served by these same ops; *sub is
+     * destroyed with destroy. Every rank of self must call it. color -1:
+     * this rank joins no group and *sub = NULL; other negative colors are
+     * refused. */
+    int (*split)(void *self, int color, int key, void **sub);
 };
 
 struct lathe_strategy_ops {
@@ -66,6 +75,16 @@ struct lathe_strategy_ops {
     /* optional: bytes this rank holds of parameters, gradients and optimizer
      * state (reported in the log). */
     int (*memory)(void *self, size_t *param_bytes, size_t *grad_bytes, size_t *optim_bytes);
+
+    /* ---- ABI 1.2: per-segment parameter management (lathe/segment.h) ----
+     * optional: installed as the run's segment hooks. acquire makes the
+     * segment's parameters whole before use (forward and backward);
+     * release frees what acquire made once they are no longer read
+     * (backward = 1: after the segment's backward, its gradients are
+     * complete for this micro-batch). The model's segments are in
+     * env->model_ops->segments. */
+    int (*acquire)(void *self, const struct lathe_segment *seg);
+    int (*release)(void *self, const struct lathe_segment *seg, int backward);
 };
 
 #ifdef __cplusplus

@@ -143,6 +143,16 @@ void lathe_no_grad_begin(void);
 void lathe_no_grad_end(void);
 int lathe_grad_enabled(void);
 
+/* ABI 1.2: mixed precision. The compute dtype (LATHE_F32, the default, or
+ * LATHE_BF16 / LATHE_F16) is the precision of matrix products: their
+ * operands are rounded to it and products summed in f32 (autocast's
+ * policy: norms, softmax, losses and element-wise ops stay f32, and every
+ * tensor is still stored in f32 — activations are not halved). Parameters
+ * stay f32 and are the master weights. Set by the training loop from
+ * [run] precision. */
+int lathe_set_compute_dtype(enum lathe_dtype dt);
+enum lathe_dtype lathe_compute_dtype(void);
+
 /* Reverse-mode pass from a scalar (numel 1) f32 tensor: seeds d(loss)=scale
  * and accumulates (+=) into the grad of every tensor that requires grad,
  * parameters included. Records stay until the scope pops. */
