@@ -179,6 +179,14 @@ EOF
   OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 "$LATHE" train examples/ddp.ini $d run.output_dir=runs/ddp-fd $FD > fd-ddp.log 2>&1 ||
     { tail fd-ddp.log; fail "DDP on the device"; }
   same ddp-fd ddp-cpu "DDP on 2 ranks"
+  # ZeRO-3: per-layer gathers, reduce-scatters and shard copies all in
+  # device memory (the mpi plugin stages them through the host)
+  printf '[parallel]\nplugin = zero\nstage = 3\n' | cat examples/arith-sft.ini - > examples/zero3.ini
+  OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 "$LATHE" train examples/zero3.ini $d run.output_dir=runs/z3-cpu > cpu-z3.log 2>&1 ||
+    { tail cpu-z3.log; fail "ZeRO-3 (CPU)"; }
+  OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 "$LATHE" train examples/zero3.ini $d run.output_dir=runs/z3-fd $FD > fd-z3.log 2>&1 ||
+    { tail fd-z3.log; fail "ZeRO-3 on the device"; }
+  same z3-fd z3-cpu "ZeRO-3 on 2 ranks"
 else
   echo "(no mpirun or mpi plugin: DDP not run)"
 fi

@@ -43,4 +43,24 @@ d=$(awk '/"dpo_reward_margin"/ && /"loss":/ { n++; l[n] = $0 } END {
   printf "%s %s %s %s", l1, l2, m1, m2 }' "$m")
 echo "DPO loss first/last, margin first/last: $d"
 echo "$d" | awk '{ exit !($2 < $1 - 0.1 && $4 > $3 + 0.3) }' || fail "DPO did not lower the loss and raise the margin ($d)"
+# DPO on 2 processes (ddp): every process takes whole pairs, so the loss
+# curve is the single process's
+if command -v mpirun >/dev/null 2>&1 && [ -f "$LATHE_PLUGIN_PATH/lathe-mpi.so" ] && [ -z "${LATHE_SANITIZED:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM
+  fi
+  short="train.steps=4 train.eval_every=0 train.eval_at_start=false train.log_every=1 train.save_final=false train.checkpoint_every=0"
+  OMP_NUM_THREADS=1 "$LATHE" train examples/dpo-arith.ini run.output_dir=runs/dpo-1 $short > dpo1.log 2>&1 ||
+    { tail -20 dpo1.log; fail "DPO, 1 process"; }
+  printf '[parallel]\nplugin = ddp\n' | cat examples/dpo-arith.ini - > examples/dpo-ddp.ini
+  OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 "$LATHE" train examples/dpo-ddp.ini run.output_dir=runs/dpo-2 $short \
+    > dpo2.log 2>&1 || { tail -20 dpo2.log; fail "DPO, 2 processes"; }
+  for s in 1 2 3 4; do
+    a=$(metric runs/dpo-1/metrics.jsonl $s loss); b=$(metric runs/dpo-2/metrics.jsonl $s loss)
+    awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d < 1e-5) }' ||
+      fail "DPO step $s: 1 process $a, 2 processes $b"
+  done
+  echo "ok: DPO on 2 processes follows the single process within 1e-5 (step 4: $a vs $b)"
+fi
 echo "e2e_rl: all passed"

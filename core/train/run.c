@@ -420,8 +420,18 @@ int lathe_run_allreduce_mean(struct lathe_run *run, double *v, int n)
         return lathe_error(LATHE_EINVAL, "internal: allreduce of %d values", n);
     for (int i = 0; i < n; i++)
         buf[i] = (float)v[i];
-    int rc = ((const struct lathe_comm_ops *)run->comm.ops)->all_reduce(run->comm.self, buf, n, LATHE_F32,
+    /* communicators take buffers in the run's memory (parallel.h) */
+    const struct lathe_backend_ops *be = lathe_backend();
+    float *dev = be->alloc(sizeof buf);
+    if (!dev)
+        return lathe_error(LATHE_ENOMEM, "out of memory for a %d-value all-reduce", n);
+    int rc = be->copy(dev, buf, (size_t)n * sizeof *buf, 1);
+    if (rc == LATHE_OK)
+        rc = ((const struct lathe_comm_ops *)run->comm.ops)->all_reduce(run->comm.self, dev, n, LATHE_F32,
                                                                         LATHE_REDUCE_AVG);
+    if (rc == LATHE_OK)
+        rc = be->copy(buf, dev, (size_t)n * sizeof *buf, 0);
+    be->free(dev);
     for (int i = 0; rc == LATHE_OK && i < n; i++)
         v[i] = buf[i];
     return rc;

@@ -7,7 +7,9 @@
  * rows). As PyTorch DDP does, gradients travel in buckets: the flat
  * concatenation of all gradients is cut into pieces of bucket_size bytes,
  * each packed into one buffer and all-reduced (AVG) in one call, then copied
- * back. A parameter may straddle two buckets. Unlike PyTorch, reduction
+ * back (the bucket lives in the backend's memory, so on a GPU nothing
+ * leaves the device unless the communicator needs it to). A parameter may
+ * straddle two buckets. Unlike PyTorch, reduction
  * starts after the whole backward (the core has no grad-ready hook yet), so
  * communication does not overlap computation.
  *
@@ -29,7 +31,7 @@ struct ddp {
     lathe_tensor *const *params; /* borrowed from the core */
     size_t n;
     int64_t *off;                /* [n+1] flat offset of each parameter */
-    float *bucket;               /* host staging buffer of `bucket_elems` */
+    float *bucket;               /* `bucket_elems` in the backend's memory */
     int64_t bucket_elems;
 };
 
@@ -51,18 +53,19 @@ static int flat_copy(struct ddp *d, int grad, int64_t from, int64_t count, float
         lathe_tensor *t = p;
         if (grad) {
             if (!p->grad && to_buf) {
-                memset(buf + done, 0, (size_t)len * sizeof(float));
+                be->zero(buf + done, (size_t)len * sizeof(float));
                 done += len;
                 continue;
             }
             if (!(t = lathe_tensor_grad(p)))
                 return lathe_error(LATHE_ENOMEM, "ddp: out of memory for the gradient of '%s'", p->name);
         }
+        /* both sides live in the backend's memory: a device-side copy */
         float *dev = (float *)t->data + at;
-        int rc = to_buf ? be->copy(buf + done, dev, (size_t)len * sizeof(float), 0)
-                        : be->copy(dev, buf + done, (size_t)len * sizeof(float), 1);
-        if (rc != LATHE_OK)
-            return lathe_error_prefix(rc, "ddp: copying '%s'", p->name);
+        if (to_buf)
+            be->copy2d(buf + done, len, dev, len, 1, len, 0);
+        else
+            be->copy2d(dev, len, buf + done, len, 1, len, 0);
         done += len;
     }
     return LATHE_OK;
@@ -74,7 +77,8 @@ static void ddp_destroy(void *self)
     if (!d)
         return;
     free(d->off);
-    free(d->bucket);
+    if (d->bucket)
+        lathe_backend()->free(d->bucket);
     free(d);
 }
 
@@ -128,7 +132,9 @@ static int ddp_create(lathe_section *cfg, const struct lathe_env *env, const str
     d->bucket_elems = (int64_t)(bucket_bytes / sizeof(float));
     if (d->bucket_elems > d->off[n])
         d->bucket_elems = d->off[n] > 0 ? d->off[n] : 1; /* no bigger than the model */
-    if (!(d->bucket = malloc((size_t)d->bucket_elems * sizeof(float)))) {
+    /* in the run's memory (a device's under CUDA): communicators take
+     * buffers there (NCCL reads device memory; the mpi plugin stages) */
+    if (!(d->bucket = lathe_backend()->alloc((size_t)d->bucket_elems * sizeof(float)))) {
         long long want = (long long)d->bucket_elems;
         ddp_destroy(d);
         return lathe_error(LATHE_ENOMEM, "ddp: out of memory for a bucket of %lld gradients", want);

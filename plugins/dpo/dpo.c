@@ -4,7 +4,8 @@
  *
  * [data] plugin = jsonl-pref: each line {"prompt", "chosen", "rejected"},
  * each a string or a message list; a batch of B rows holds B/2 pairs, the
- * chosen responses in rows [0, B/2) and the rejected ones in [B/2, B),
+ * chosen responses in rows [0, B/2) and the rejected ones in [B/2, B)
+ * (on N processes, the same within each process's B/N rows),
  * labels on the response tokens only, with the reference policy's
  * log-probabilities. [loss] plugin = dpo. */
 #include <jansson.h>
@@ -250,14 +251,10 @@ static int pref_create(lathe_section *cfg, const struct lathe_env *env, void **s
         (rc = lathe_cfg_float(cfg, "eval_fraction", 0.1, 0.0, 0.5, &eval_fraction)) ||
         (rc = lathe_cfg_bool(cfg, "shuffle", 1, &d->shuffle)))
         goto fail;
-    if (env->world_size > 1) {
-        /* ranks take contiguous rows, which would split chosen from rejected */
-        rc = lathe_cfg_error(cfg, "plugin", "jsonl-pref does not run on several processes yet (a pair's rows would be split)");
-        goto fail;
-    }
-    if (env->batch_size % 2 != 0) {
-        rc = lathe_cfg_error(cfg, "plugin", "[train] batch_size %lld must be even: each pair takes two rows",
-                             (long long)env->batch_size);
+    if (env->batch_size % (2 * env->world_size) != 0) {
+        rc = lathe_cfg_error(cfg, "plugin", "[train] batch_size %lld must be a multiple of %d: each pair takes two rows%s",
+                             (long long)env->batch_size, 2 * env->world_size,
+                             env->world_size > 1 ? " and every process the same number of pairs" : "");
         goto fail;
     }
     if (!tok[0]) {
@@ -292,9 +289,18 @@ fail:
     return rc;
 }
 
-/* Rows: chosen of each pair, then rejected; truncated to max_length. */
-static int pack(struct pref_data *d, const struct pair *const *pairs, int64_t P, struct lathe_batch *b)
+/* Rows: chosen of each pair, then rejected; truncated to max_length. With
+ * `blocks` > 1 (a training batch that the loop shares among that many
+ * processes, each taking a contiguous block of rows) the layout repeats per
+ * block, so that every process holds whole pairs: chosen of its pairs,
+ * then their rejected. */
+static int pack(struct pref_data *d, const struct pair *const *pairs, int64_t P, int64_t blocks,
+                struct lathe_batch *b)
 {
+    if (P % blocks != 0)
+        return lathe_error(LATHE_EINVAL, "jsonl-pref: %lld pairs do not divide among %lld processes", (long long)P,
+                           (long long)blocks);
+    const int64_t Pb = P / blocks;
     int64_t B = 2 * P, T = 1;
     for (int64_t i = 0; i < P; i++) {
         int64_t a = (int64_t)pairs[i]->chosen.n, r = (int64_t)pairs[i]->rejected.n;
@@ -315,7 +321,8 @@ static int pack(struct pref_data *d, const struct pair *const *pairs, int64_t P,
     int32_t *hpos = host_write(b->positions), *hseg = host_write(b->segments);
     int64_t ntok = 0;
     for (int64_t r = 0; hids && hlab && hpos && hseg && r < B; r++) {
-        const struct seq *s = r < P ? &pairs[r]->chosen : &pairs[r - P]->rejected;
+        int64_t w = r / (2 * Pb), k = r % (2 * Pb);
+        const struct seq *s = k < Pb ? &pairs[w * Pb + k]->chosen : &pairs[w * Pb + k - Pb]->rejected;
         int64_t n = (int64_t)s->n < T ? (int64_t)s->n : T;
         int32_t *ids = hids + r * T, *lab = hlab + r * T;
         int32_t *pos = hpos + r * T, *seg = hseg + r * T;
@@ -370,7 +377,9 @@ static int pref_next(void *self, int split, int64_t B, struct lathe_batch *batch
             ps[n] = &d->p[d->order[d->cursor++]];
         }
     }
-    int rc = pack(d, ps, n, batch);
+    /* training batches are shared among the processes (the loop gives
+     * each a contiguous block of rows); evaluation runs whole everywhere */
+    int rc = pack(d, ps, n, split == LATHE_SPLIT_TRAIN ? d->env->world_size : 1, batch);
     free(ps);
     return rc;
 }

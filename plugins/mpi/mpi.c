@@ -17,6 +17,10 @@
  * widens each pair to f32, adds, and rounds back to bf16 (round to nearest
  * even), as NCCL's bf16 sum does; so a bf16 sum of N ranks rounds N-1 times.
  *
+ * Memory: buffers are in the run's memory (a device's under CUDA); MPI
+ * gets host copies there (host_of / host_done), the buffers themselves on
+ * the CPU.
+ *
  * Counts: MPI-3 counts are int; a buffer with more elements than INT_MAX
  * is an error (split it) rather than a silent truncation.
  *
@@ -257,6 +261,42 @@ static void mpi_destroy(void *self)
     mpi_let_go();
 }
 
+/* Buffers are in the run's memory (parallel.h). MPI reads host memory, so
+ * under a device backend each collective stages through host copies (a
+ * CUDA-aware MPI could skip that; nothing here relies on one). On the CPU
+ * the caller's buffers are used as they are. */
+static int staged(void) { return lathe_backend()->device != LATHE_DEVICE_CPU; }
+
+/* A host copy of `bytes` at dev (copied in when `in`), or dev itself on
+ * the CPU; NULL with a message on failure. */
+static void *host_of(const void *dev, size_t bytes, int in)
+{
+    if (!staged())
+        return (void *)dev;
+    void *h = malloc(bytes ? bytes : 1);
+    if (!h) {
+        lathe_error(LATHE_ENOMEM, "mpi: out of memory staging %zu bytes from the device", bytes);
+        return NULL;
+    }
+    if (in && bytes && lathe_backend()->copy(h, dev, bytes, 0) != LATHE_OK) {
+        free(h);
+        lathe_error(LATHE_ERR, "mpi: copying %zu bytes from the device", bytes);
+        return NULL;
+    }
+    return h;
+}
+
+/* Release a host_of buffer, first copying it back to dev when `out`. */
+static int host_done(void *dev, void *h, size_t bytes, int out, int rc)
+{
+    if (!h || h == dev)
+        return rc;
+    if (rc == LATHE_OK && out && bytes && lathe_backend()->copy(dev, h, bytes, 1) != LATHE_OK)
+        rc = lathe_error(LATHE_ERR, "mpi: copying %zu bytes to the device", bytes);
+    free(h);
+    return rc;
+}
+
 static int mpi_rank(void *self) { return ((struct mpi_comm *)self)->rank; }
 static int mpi_world_size(void *self) { return ((struct mpi_comm *)self)->world; }
 
@@ -270,13 +310,17 @@ static int mpi_all_reduce(void *self, void *buf, int64_t n, int dt, int op)
     if ((rc = mpi_type(dt, &t, &es)) || (rc = reduce_op(c, dt, op, "all_reduce", &mop)) ||
         (rc = fits_int(n, "all_reduce")))
         return rc;
-    int err = MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, t, mop, c->comm);
+    size_t bytes = (size_t)n * es;
+    void *h = host_of(buf, bytes, 1);
+    if (!h)
+        return LATHE_ENOMEM;
+    int err = MPI_Allreduce(MPI_IN_PLACE, h, (int)n, t, mop, c->comm);
     if (err != MPI_SUCCESS)
-        return mpi_fail(err, "MPI_Allreduce");
+        return host_done(buf, h, bytes, 0, mpi_fail(err, "MPI_Allreduce"));
     if (op == LATHE_REDUCE_AVG)
-        scale_avg(c, buf, n, dt);
+        scale_avg(c, h, n, dt);
     count(c, C_ALLREDUCE, 2ull * (unsigned long long)n * es);
-    return LATHE_OK;
+    return host_done(buf, h, bytes, 1, LATHE_OK);
 }
 
 static int mpi_reduce_scatter(void *self, const void *send, void *recv, int64_t n, int dt, int op)
@@ -289,13 +333,18 @@ static int mpi_reduce_scatter(void *self, const void *send, void *recv, int64_t 
     if ((rc = mpi_type(dt, &t, &es)) || (rc = reduce_op(c, dt, op, "reduce_scatter", &mop)) ||
         (rc = fits_int(n, "reduce_scatter")))
         return rc;
-    int err = MPI_Reduce_scatter_block(send, recv, (int)n, t, mop, c->comm);
-    if (err != MPI_SUCCESS)
-        return mpi_fail(err, "MPI_Reduce_scatter_block");
-    if (op == LATHE_REDUCE_AVG)
-        scale_avg(c, recv, n, dt);
-    count(c, C_REDUCE_SCATTER, (unsigned long long)n * (unsigned long long)c->world * es);
-    return LATHE_OK;
+    size_t rb = (size_t)n * es, sb = rb * (size_t)c->world;
+    void *hs = host_of(send, sb, 1), *hr = hs ? host_of(recv, rb, 0) : NULL;
+    if (!hr)
+        return host_done((void *)send, hs, sb, 0, LATHE_ENOMEM);
+    int err = MPI_Reduce_scatter_block(hs, hr, (int)n, t, mop, c->comm);
+    rc = err != MPI_SUCCESS ? mpi_fail(err, "MPI_Reduce_scatter_block") : LATHE_OK;
+    if (rc == LATHE_OK && op == LATHE_REDUCE_AVG)
+        scale_avg(c, hr, n, dt);
+    if (rc == LATHE_OK)
+        count(c, C_REDUCE_SCATTER, (unsigned long long)n * (unsigned long long)c->world * es);
+    rc = host_done(recv, hr, rb, 1, rc);
+    return host_done((void *)send, hs, sb, 0, rc);
 }
 
 static int mpi_all_gather(void *self, const void *send, void *recv, int64_t n, int dt)
@@ -307,11 +356,16 @@ static int mpi_all_gather(void *self, const void *send, void *recv, int64_t n, i
     if ((rc = mpi_type(dt, &t, &es)) || (rc = fits_int(n, "all_gather")) ||
         (rc = fits_int(n * c->world, "all_gather (received)")))
         return rc;
-    int err = MPI_Allgather(send, (int)n, t, recv, (int)n, t, c->comm);
-    if (err != MPI_SUCCESS)
-        return mpi_fail(err, "MPI_Allgather");
-    count(c, C_ALLGATHER, (unsigned long long)n * (unsigned long long)c->world * es);
-    return LATHE_OK;
+    size_t sb = (size_t)n * es, rb = sb * (size_t)c->world;
+    void *hs = host_of(send, sb, 1), *hr = hs ? host_of(recv, rb, 0) : NULL;
+    if (!hr)
+        return host_done((void *)send, hs, sb, 0, LATHE_ENOMEM);
+    int err = MPI_Allgather(hs, (int)n, t, hr, (int)n, t, c->comm);
+    rc = err != MPI_SUCCESS ? mpi_fail(err, "MPI_Allgather") : LATHE_OK;
+    if (rc == LATHE_OK)
+        count(c, C_ALLGATHER, (unsigned long long)n * (unsigned long long)c->world * es);
+    rc = host_done(recv, hr, rb, 1, rc);
+    return host_done((void *)send, hs, sb, 0, rc);
 }
 
 static int mpi_broadcast(void *self, void *buf, int64_t n, int dt, int root)
@@ -324,11 +378,15 @@ static int mpi_broadcast(void *self, void *buf, int64_t n, int dt, int root)
         return rc;
     if (root < 0 || root >= c->world)
         return lathe_error(LATHE_EINVAL, "mpi: broadcast from rank %d of %d", root, c->world);
-    int err = MPI_Bcast(buf, (int)n, t, root, c->comm);
+    size_t bytes = (size_t)n * es;
+    void *h = host_of(buf, bytes, c->rank == root);
+    if (!h)
+        return LATHE_ENOMEM;
+    int err = MPI_Bcast(h, (int)n, t, root, c->comm);
     if (err != MPI_SUCCESS)
-        return mpi_fail(err, "MPI_Bcast");
+        return host_done(buf, h, bytes, 0, mpi_fail(err, "MPI_Bcast"));
     count(c, C_BCAST, (unsigned long long)n * es);
-    return LATHE_OK;
+    return host_done(buf, h, bytes, 1, LATHE_OK);
 }
 
 static int mpi_all_to_all(void *self, const void *send, const int64_t *scounts, const int64_t *sdispls,
@@ -356,12 +414,26 @@ static int mpi_all_to_all(void *self, const void *send, const int64_t *scounts, 
         rd[r] = (int)rdispls[r];
         sent += (unsigned long long)scounts[r] * es;
     }
+    /* the extents the counts and displacements reach, for staging */
+    size_t sb = 0, rb = 0;
+    for (int r = 0; rc == LATHE_OK && r < c->world; r++) {
+        size_t se = (size_t)(sdispls[r] + scounts[r]) * es, re = (size_t)(rdispls[r] + rcounts[r]) * es;
+        sb = scounts[r] && se > sb ? se : sb;
+        rb = rcounts[r] && re > rb ? re : rb;
+    }
     if (rc == LATHE_OK) {
-        int err = MPI_Alltoallv(send, sc, sd, t, recv, rcn, rd, t, c->comm);
-        if (err != MPI_SUCCESS)
-            rc = mpi_fail(err, "MPI_Alltoallv");
-        else
-            count(c, C_ALLTOALL, sent);
+        void *hs = host_of(send, sb, 1), *hr = hs ? host_of(recv, rb, 0) : NULL;
+        if (!hr) {
+            rc = host_done((void *)send, hs, sb, 0, LATHE_ENOMEM);
+        } else {
+            int err = MPI_Alltoallv(hs, sc, sd, t, hr, rcn, rd, t, c->comm);
+            if (err != MPI_SUCCESS)
+                rc = mpi_fail(err, "MPI_Alltoallv");
+            else
+                count(c, C_ALLTOALL, sent);
+            rc = host_done(recv, hr, rb, 1, rc);
+            rc = host_done((void *)send, hs, sb, 0, rc);
+        }
     }
     free(v);
     return rc;

@@ -75,18 +75,21 @@
  * the last) and the persistent parameters: memory() reports that peak.
  *
  * The core's duties (lathe/segment.h): the model's forward runs every
- * segment through lathe_segment_run, and anything else that reads or writes
- * segment parameters (checkpoint save and load, the final save, generation
- * with a KV cache if it bypasses the segments) brackets that with acquire of
- * the segments it touches on every rank (acquire is collective) and
- * release(seg, 0) after.
+ * segment through lathe_segment_run (gpt2's cached generation does too),
+ * and anything else that reads or writes segment parameters brackets that
+ * with acquire of every segment on every rank (acquire is collective) and
+ * release(seg, 0) after: lathe_run_whole_params (core/train/checkpoint.c)
+ * does it around checkpoint save and load and the final model save. A
+ * checkpoint load writes the whole buffers; the release copies them into
+ * the shards, and state_load refreshes the shards from whatever is whole.
  *
- * Stage 3 without segments (a model that does not expose them) is
- * whole-model gathering: parameters are whole from sync_params (and create)
+ * Stage 3 without segments (a model that does not expose them, or
+ * [parallel] gather = model) is whole-model gathering: parameters are whole from sync_params (and create)
  * through forward, backward and the reduction, then reduce_grads frees every
  * non-shard byte, so only the rank's 1/N shard persists through the
  * optimizer step. Peak parameter memory equals stage 2's, and the step moves
- * 2Ψ. The log says so.
+ * 2Ψ. The log says so. It trades memory for traffic: 2Ψ a step instead of
+ * 3Ψ, and for a model that does not run its blocks as segments.
  *
  * Device runs: every buffer of this plugin (shards, staging) is backend
  * memory, moved with the backend's copy2d/zero/sumsq; no tensor data is
@@ -551,15 +554,20 @@ static void explain(const struct zero *z)
            "%s layout (optimizer state 1/%d%s%s)\n",
            z->stage, z->world, (long long)z->all.width, (long long)TOTAL(z), z->n,
            z->layout == ZERO_PER_PARAM ? "per-parameter" : "flat", z->world,
-           z->stage >= 2 ? ", reduced gradients 1/N" : "", z->stage == 3 ? ", parameters 1/N" : "");
+           z->stage >= 2 ? ", reduced gradients 1/N" : "",
+           z->stage == 3 && (!z->per_segment || z->pmine > 0 || TOTAL(z) == 0) ? ", parameters 1/N" : "");
     if (z->stage == 2 || (z->stage == 3 && !z->per_segment))
         printf("[parallel] zero: the backward still fills full-size gradients (%zu bytes; no grad-ready hook in "
                "the core); after the reduce-scatter each rank keeps only its shard (~%zu bytes)\n",
                all, shard);
-    if (z->stage == 3 && z->per_segment) {
-        size_t nsharded = 0;
-        for (size_t i = 0; i < z->n; i++)
-            nsharded += z->sharded[i];
+    size_t nsharded = 0;
+    for (size_t i = 0; i < z->n; i++)
+        nsharded += z->sharded[i];
+    if (z->stage == 3 && z->per_segment && nsharded == 0)
+        printf("[parallel] zero stage 3: no trainable parameter is in a model segment (a PEFT run trains "
+               "adapters outside them), so nothing is gathered per segment and stage 3 acts as stage 2: "
+               "parameters stay whole\n");
+    else if (z->stage == 3 && z->per_segment)
         printf("[parallel] zero stage 3 gathers PER SEGMENT: %zu model segments; each segment's parameters "
                "(%zu tensors in all) are all-gathered before its forward and again before its backward, freed "
                "after each, and its gradients reduce-scattered right after its backward (3x the segment "
@@ -568,10 +576,7 @@ static void explain(const struct zero *z)
                "(whole model %zu)\n",
                z->nsegs, nsharded, z->n - nsharded, persistent_bytes(z), (size_t)z->pmine * sizeof(float),
                largest_segment(z), persistent_bytes(z), all);
-        if (nsharded == 0)
-            printf("[parallel] zero stage 3: no trainable parameter is in a model segment (a PEFT run trains "
-                   "adapters outside them), so nothing is gathered per segment and stage 3 acts as stage 2\n");
-    } else if (z->stage == 3)
+    else if (z->stage == 3)
         printf("[parallel] zero stage 3 is WHOLE-MODEL gathering, not per-layer (%s): all parameters are "
                "all-gathered after each optimizer step and stay whole (%zu bytes) through forward and backward; "
                "only the ~%zu-byte shard persists while the optimizer steps. Peak parameter memory equals stage 2's; "

@@ -14,6 +14,10 @@ extern "C" {
 
 enum lathe_reduce_op { LATHE_REDUCE_SUM = 0, LATHE_REDUCE_AVG };
 
+/* Buffers passed to a communicator are in the run's memory (the current
+ * backend's: device memory under CUDA). A communicator that needs host
+ * memory (mpi) stages them itself; one that reads device memory (nccl)
+ * uses them directly. */
 struct lathe_comm_ops {
     uint32_t size;
     int (*create)(lathe_section *cfg, const struct lathe_env *env, void **self);
