@@ -15,7 +15,7 @@ core_liblathe_la_SOURCES = \
 	core/plugin/loader.c core/plugin/loader.h \
 	core/io/crc32c.c core/io/tensorboard.c core/io/tensorboard.h \
 	core/io/safetensors.c core/io/safetensors.h core/io/metrics.c core/io/metrics.h \
-	core/train/run.c core/train/run.h core/train/run_internal.h core/train/loop.c core/train/checkpoint.c \
+	core/train/run.c core/train/run.h core/train/run_internal.h core/train/scaler.h core/train/loop.c core/train/checkpoint.c \
 	core/train/checkpoint.h core/train/progress.c core/train/rewards.c core/train/rewards.h core/train/report.c core/train/report.h core/train/policy.c \
 	core/text/tokenizer.c core/text/bpe.c core/text/pretok.c core/text/tokenizer_internal.h \
 	core/text/chat.c \
