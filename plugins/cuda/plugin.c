@@ -71,5 +71,5 @@ static const struct lathe_component cuda_components[] = {
 };
 
 LATHE_PLUGIN_DEFINE(cuda, .version = "0.1.0",
-                    .description = "NVIDIA GPU backend: cuBLAS GEMMs and CUDA kernels for every op (fp32)",
+                    .description = "NVIDIA GPU backend: cuBLAS GEMMs and CUDA kernels for every op (f32 storage; bf16/fp16 matrix products)",
                     .components = cuda_components)
