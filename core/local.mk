@@ -9,7 +9,7 @@ core_liblathe_la_SOURCES = \
 	core/ops/softmax.c core/ops/cross_entropy.c core/ops/dropout.c core/ops/shape.c \
 	core/ops/index.c \
 	core/cpu/backend.c core/cpu/cpu.h core/cpu/vmath.h core/cpu/gemm.c core/cpu/elementwise.c core/cpu/norm.c \
-	core/cpu/activation.c core/cpu/rope.c core/cpu/attention.c core/cpu/softmax.c \
+	core/cpu/activation.c core/cpu/rope.c core/cpu/attention.c core/cpu/attention_flash.c core/cpu/softmax.c \
 	core/cpu/copy.c core/cpu/index.c core/cpu/optim.c core/cpu/attention_cached.c core/cpu/unary.c core/cpu/lowp.c \
 	core/config/config.c core/config/getters.c core/config/config_internal.h \
 	core/plugin/loader.c core/plugin/loader.h \

@@ -488,6 +488,77 @@ START_TEST(attention_fwd_bwd)
 }
 END_TEST
 
+/* ---- attention from lse (ABI 1.2): the flash forward and the two-pass
+ * backward against core/cpu/attention_flash.c. Sums run in other orders:
+ * out atol 2e-5, rtol 1e-4; lse atol 2e-5, rtol 1e-5; gradients atol 5e-5,
+ * rtol 1e-4 (as the att pair above). The device backward must also give
+ * the same bits twice. ---- */
+
+static void attention_lse_case(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, int seg_kind)
+{
+    ck_assert(LATHE_OPS_HAS(gpu, struct lathe_backend_ops, attention_lse_forward));
+    ck_assert(LATHE_OPS_HAS(gpu, struct lathe_backend_ops, attention_lse_backward));
+    float scale = 1.0f / sqrtf((float)D);
+    int64_t nq = B * T * H * D, nk = B * T * Hkv * D;
+    struct pair q = randf(nq, -1, 1), k = randf(nk, -1, 1), v = randf(nk, -1, 1);
+    struct pair out = zerosf(nq), lse = zerosf(B * H * T), dout = randf(nq, -1, 1);
+    struct pair dq = randf(nq, -1, 1), dk = randf(nk, -1, 1), dv = randf(nk, -1, 1);
+    struct pair seg = ints(B * T, 0, 1);
+    for (int64_t i = 0; i < B * T; i++) /* packed samples, the last fifth of each row padding (-1) */
+        FI(seg)[i] = i % T >= T - T / 5 ? -1 : (int32_t)((i % T) * 3 / T);
+    ck_assert_int_eq(gpu->copy(seg.d, seg.h, seg.bytes, 1), LATHE_OK);
+    const int32_t *sh = seg_kind ? FI(seg) : NULL, *sd = seg_kind ? GI(seg) : NULL;
+    char what[112];
+    snprintf(what, sizeof what, "attention_lse_forward out (T %lld H %lld/%lld D %lld seg %d)", (long long)T,
+             (long long)H, (long long)Hkv, (long long)D, seg_kind);
+    cpu->attention_lse_forward(F(out), F(lse), F(q), F(k), F(v), sh, B, T, H, Hkv, D, scale);
+    gpu->attention_lse_forward(G(out), G(lse), G(q), G(k), G(v), sd, B, T, H, Hkv, D, scale);
+    expect_close(what, out, 2e-5, 1e-4);
+    expect_close("attention_lse_forward lse", lse, 2e-5, 1e-5);
+    /* both backwards read the CPU's out and lse, so only the backward differs */
+    ck_assert_int_eq(gpu->copy(out.d, out.h, out.bytes, 1), LATHE_OK);
+    ck_assert_int_eq(gpu->copy(lse.d, lse.h, lse.bytes, 1), LATHE_OK);
+    cpu->attention_lse_backward(F(dq), F(dk), F(dv), F(dout), F(q), F(k), F(v), F(out), F(lse), sh, B, T, H, Hkv,
+                                D, scale);
+    gpu->attention_lse_backward(G(dq), G(dk), G(dv), G(dout), G(q), G(k), G(v), G(out), G(lse), sd, B, T, H, Hkv,
+                                D, scale);
+    expect_close("attention_lse_backward dq", dq, 5e-5, 1e-4);
+    expect_close("attention_lse_backward dk", dk, 5e-5, 1e-4);
+    expect_close("attention_lse_backward dv", dv, 5e-5, 1e-4);
+    /* deterministic: from zero twice, the same bits */
+    size_t bq = sizeof(float) * (size_t)nq, bk = sizeof(float) * (size_t)nk;
+    float *run[2][3];
+    for (int pass = 0; pass < 2; pass++) {
+        gpu->zero(G(dq), bq), gpu->zero(G(dk), bk), gpu->zero(G(dv), bk);
+        gpu->attention_lse_backward(G(dq), G(dk), G(dv), G(dout), G(q), G(k), G(v), G(out), G(lse), sd, B, T, H,
+                                    Hkv, D, scale);
+        run[pass][0] = malloc(bq), run[pass][1] = malloc(bk), run[pass][2] = malloc(bk);
+        ck_assert(run[pass][0] && run[pass][1] && run[pass][2]);
+        ck_assert_int_eq(gpu->copy(run[pass][0], G(dq), bq, 0), LATHE_OK);
+        ck_assert_int_eq(gpu->copy(run[pass][1], G(dk), bk, 0), LATHE_OK);
+        ck_assert_int_eq(gpu->copy(run[pass][2], G(dv), bk, 0), LATHE_OK);
+    }
+    ck_assert_msg(memcmp(run[0][0], run[1][0], bq) == 0 && memcmp(run[0][1], run[1][1], bk) == 0 &&
+                      memcmp(run[0][2], run[1][2], bk) == 0,
+                  "%s: the device backward differs between two runs", what);
+    for (int pass = 0; pass < 2; pass++)
+        free(run[pass][0]), free(run[pass][1]), free(run[pass][2]);
+    pair_free(&q), pair_free(&k), pair_free(&v), pair_free(&out), pair_free(&lse), pair_free(&dout);
+    pair_free(&dq), pair_free(&dk), pair_free(&dv), pair_free(&seg);
+}
+
+START_TEST(attention_lse_fwd_bwd)
+{
+    attention_lse_case(2, 37, 4, 2, 16, 0);
+    attention_lse_case(2, 37, 4, 2, 16, 1);
+    attention_lse_case(1, 300, 6, 2, 64, 1); /* several tiles of every kind, GQA */
+    attention_lse_case(1, 70, 2, 2, 64, 0);
+    attention_lse_case(1, 45, 6, 2, 80, 1); /* D not a multiple of 32 */
+    attention_lse_case(1, 20, 2, 1, 256, 0);
+    attention_lse_case(1, 1, 1, 1, 8, 0);
+}
+END_TEST
+
 START_TEST(attention_cached)
 {
     const int64_t B = 2, T = 3, H = 4, Hkv = 2, D = 40, Tmax = 24, len = 13;
@@ -745,6 +816,7 @@ int main(void)
     tcase_add_test(core, softmax_and_cross_entropy);
     tcase_add_test(core, rope);
     tcase_add_test(core, attention_fwd_bwd);
+    tcase_add_test(core, attention_lse_fwd_bwd);
     tcase_add_test(core, attention_cached);
     tcase_add_test(core, sumsq_adamw_convert);
     tcase_add_test(core, train_20_steps_follows_cpu);

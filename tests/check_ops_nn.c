@@ -7,6 +7,9 @@
  * sizes, and with double-precision reference backwards at sizes where the
  * kernels block and run in parallel. */
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lathe/lathe.h>
@@ -534,6 +537,173 @@ START_TEST(test_sdpa_parallel_sizes)
 }
 END_TEST
 
+/* ---- attention: the O(T)-memory slots against the att kernels -------- */
+
+static uint64_t flash_rng = 0x2545f4914f6cdd1dull;
+
+static float *flash_rand(int64_t n, float lo, float hi)
+{
+    float *v = malloc(sizeof *v * (size_t)n);
+    ck_assert_ptr_nonnull(v);
+    for (int64_t i = 0; i < n; i++) {
+        flash_rng = flash_rng * 6364136223846793005ull + 1442695040888963407ull;
+        v[i] = lo + (hi - lo) * (float)((flash_rng >> 40) * (1.0 / 16777216.0));
+    }
+    return v;
+}
+
+static float *flash_copy(const float *x, int64_t n)
+{
+    float *v = malloc(sizeof *v * (size_t)n);
+    ck_assert_ptr_nonnull(v);
+    memcpy(v, x, sizeof *v * (size_t)n);
+    return v;
+}
+
+/* |a - b| <= tol * max(1, |b|): relative, floored at 1 for values near 0 */
+static void flash_expect(const char *what, const float *a, const float *b, int64_t n, double tol)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double err = fabs((double)a[i] - b[i]) / fmax(1.0, fabs((double)b[i]));
+        ck_assert_msg(err <= tol, "%s: element %lld is %.8g, the att kernel gives %.8g", what, (long long)i,
+                      (double)a[i], (double)b[i]);
+    }
+}
+
+/* One shape through both CPU kernel pairs, called directly. seg_kind 0:
+ * none; 1: packed samples then a padded tail of -1 (padding attends only
+ * to padding). Backward grads start non-zero: both must accumulate. */
+static void flash_case(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, int seg_kind)
+{
+    const struct lathe_backend_ops *cpu = lathe_backend_cpu();
+    ck_assert(LATHE_OPS_HAS(cpu, struct lathe_backend_ops, attention_lse_forward));
+    ck_assert(LATHE_OPS_HAS(cpu, struct lathe_backend_ops, attention_lse_backward));
+    float scale = 1.0f / sqrtf((float)D);
+    int64_t nq = B * T * H * D, nk = B * T * Hkv * D;
+    float *q = flash_rand(nq, -2, 2), *k = flash_rand(nk, -2, 2), *v = flash_rand(nk, -1, 1);
+    float *dout = flash_rand(nq, -1, 1);
+    float *dq0 = flash_rand(nq, -1, 1), *dk0 = flash_rand(nk, -1, 1), *dv0 = flash_rand(nk, -1, 1);
+    float *dq1 = flash_copy(dq0, nq), *dk1 = flash_copy(dk0, nk), *dv1 = flash_copy(dv0, nk);
+    float *out0 = malloc(sizeof(float) * (size_t)nq), *out1 = malloc(sizeof(float) * (size_t)nq);
+    float *att = malloc(sizeof(float) * (size_t)(B * H * T * T)), *lse = malloc(sizeof(float) * (size_t)(B * H * T));
+    int32_t *seg = malloc(sizeof(int32_t) * (size_t)(B * T));
+    ck_assert(out0 && out1 && att && lse && seg);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) /* samples of 3T/10 tokens, the last fifth padding */
+            seg[b * T + t] = t >= T - T / 5 ? -1 : (int32_t)(t * 10 / (3 * T) + b);
+    const int32_t *sg = seg_kind ? seg : NULL;
+    char what[128];
+    snprintf(what, sizeof what, "B %lld T %lld H %lld/%lld D %lld seg %d", (long long)B, (long long)T,
+             (long long)H, (long long)Hkv, (long long)D, seg_kind);
+
+    cpu->attention_forward(out0, att, q, k, v, sg, B, T, H, Hkv, D, scale);
+    cpu->attention_lse_forward(out1, lse, q, k, v, sg, B, T, H, Hkv, D, scale);
+    flash_expect(what, out1, out0, nq, 1e-5);
+    /* lse against a double log-sum-exp */
+    int64_t group = H / Hkv;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < T; i++) {
+                double m = -INFINITY, sum = 0.0, sc[T];
+                for (int64_t j = 0; j <= i; j++) {
+                    sc[j] = -INFINITY;
+                    if (sg && sg[b * T + j] != sg[b * T + i])
+                        continue;
+                    double dot = 0.0;
+                    for (int64_t d = 0; d < D; d++)
+                        dot += (double)q[((b * T + i) * H + h) * D + d] * k[((b * T + j) * Hkv + h / group) * D + d];
+                    sc[j] = dot * scale;
+                    m = fmax(m, sc[j]);
+                }
+                for (int64_t j = 0; j <= i; j++)
+                    sum += sc[j] == -INFINITY ? 0.0 : exp(sc[j] - m);
+                double want = m + log(sum), got = lse[(b * H + h) * T + i];
+                ck_assert_msg(fabs(got - want) <= 1e-5 * fmax(1.0, fabs(want)), "%s: lse[%lld,%lld,%lld] %.8g, want %.8g",
+                              what, (long long)b, (long long)h, (long long)i, got, want);
+            }
+
+    cpu->attention_backward(dq0, dk0, dv0, dout, q, k, v, att, B, T, H, Hkv, D, scale);
+    cpu->attention_lse_backward(dq1, dk1, dv1, dout, q, k, v, out1, lse, sg, B, T, H, Hkv, D, scale);
+    flash_expect("dq", dq1, dq0, nq, 1e-5);
+    flash_expect("dk", dk1, dk0, nk, 1e-5);
+    flash_expect("dv", dv1, dv0, nk, 1e-5);
+
+    /* deterministic: the same bits again, also for one gradient alone */
+    float *dq2 = calloc((size_t)nq, sizeof(float)), *dk2 = calloc((size_t)nk, sizeof(float));
+    float *dq3 = calloc((size_t)nq, sizeof(float)), *dk3 = calloc((size_t)nk, sizeof(float));
+    ck_assert(dq2 && dk2 && dq3 && dk3);
+    cpu->attention_lse_backward(dq2, dk2, NULL, dout, q, k, v, out1, lse, sg, B, T, H, Hkv, D, scale);
+    cpu->attention_lse_backward(dq3, dk3, NULL, dout, q, k, v, out1, lse, sg, B, T, H, Hkv, D, scale);
+    ck_assert_msg(memcmp(dq2, dq3, sizeof(float) * (size_t)nq) == 0, "%s: dq differs between calls", what);
+    ck_assert_msg(memcmp(dk2, dk3, sizeof(float) * (size_t)nk) == 0, "%s: dk differs between calls", what);
+
+    float *all[] = {q, k, v, dout, dq0, dk0, dv0, dq1, dk1, dv1, out0, out1, att, lse, dq2, dk2, dq3, dk3};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free(all[i]);
+    free(seg);
+}
+
+START_TEST(test_sdpa_flash_equals_att_kernels)
+{
+    flash_case(2, 5, 4, 2, 3, 1);    /* smaller than a tile */
+    flash_case(2, 70, 4, 2, 8, 0);   /* past one tile of 64 query rows */
+    flash_case(1, 300, 6, 2, 16, 1); /* past one key tile of 256: online rescaling */
+    flash_case(1, 300, 6, 2, 16, 0);
+    flash_case(2, 129, 3, 3, 24, 1); /* no grouping, D not a power of two */
+    flash_case(1, 1, 2, 1, 4, 0);
+}
+END_TEST
+
+/* A backend without the ABI 1.2 slots (built at ABI 1.1) takes the att
+ * path through lathe_sdpa and gets the same results. */
+START_TEST(test_sdpa_without_lse_slots)
+{
+    enum { B = 2, T = 70, H = 4, Hkv = 2, D = 8 };
+    int64_t qs[4] = {B, T, H, D}, ks[4] = {B, T, Hkv, D}, ss[2] = {B, T};
+    int32_t sv[B * T];
+    for (int t = 0; t < B * T; t++)
+        sv[t] = t % T < 30 ? 0 : t % T < 60 ? 1 : -1;
+    lathe_tensor *q = lathe_gc_rand(4, qs, -2, 2, 61, 1);
+    lathe_tensor *k = lathe_gc_rand(4, ks, -2, 2, 62, 1);
+    lathe_tensor *v = lathe_gc_rand(4, ks, -1, 1, 63, 1);
+    lathe_tensor *W = lathe_gc_rand(4, qs, -1, 1, 64, 0);
+    lathe_tensor *seg = i32_new(2, ss, sv);
+    /* pass 1: the slots NULL; pass 2: a struct that ends before them */
+    static struct lathe_backend_ops old[2];
+    old[0] = old[1] = *lathe_backend_cpu();
+    old[0].attention_lse_forward = NULL;
+    old[0].attention_lse_backward = NULL;
+    old[1].size = (uint32_t)offsetof(struct lathe_backend_ops, attention_lse_forward);
+    static float res[3][4][B * T * H * D];
+    for (int pass = 0; pass < 3; pass++) {
+        ck_assert_int_eq(lathe_backend_set(pass ? &old[pass - 1] : lathe_backend_cpu()), LATHE_OK);
+        lathe_tensor_zero_grad(q), lathe_tensor_zero_grad(k), lathe_tensor_zero_grad(v);
+        lathe_scope_push();
+        lathe_tensor *o = lathe_sdpa(q, k, v, seg, 0.0f);
+        ck_assert_msg(o != NULL, "%s", lathe_errmsg());
+        ck_assert_int_eq(lathe_backward(lathe_sum(lathe_mul(o, W)), 1.0f), LATHE_OK);
+        memcpy(res[pass][0], o->data, sizeof(float) * B * T * H * D);
+        memcpy(res[pass][1], lathe_tensor_f32(q->grad), sizeof(float) * B * T * H * D);
+        memcpy(res[pass][2], lathe_tensor_f32(k->grad), sizeof(float) * B * T * Hkv * D);
+        memcpy(res[pass][3], lathe_tensor_f32(v->grad), sizeof(float) * B * T * Hkv * D);
+        lathe_scope_pop();
+    }
+    ck_assert_int_eq(lathe_backend_set(lathe_backend_cpu()), LATHE_OK);
+    for (int pass = 1; pass < 3; pass++) {
+        flash_expect("sdpa out", res[0][0], res[pass][0], B * T * H * D, 1e-5);
+        flash_expect("sdpa dq", res[0][1], res[pass][1], B * T * H * D, 1e-5);
+        flash_expect("sdpa dk", res[0][2], res[pass][2], B * T * Hkv * D, 1e-5);
+        flash_expect("sdpa dv", res[0][3], res[pass][3], B * T * Hkv * D, 1e-5);
+    }
+    /* a struct without the minor-0 slots is still refused */
+    old[1].size = (uint32_t)offsetof(struct lathe_backend_ops, convert);
+    ck_assert_int_eq(lathe_backend_set(&old[1]), LATHE_EINVAL);
+    ck_assert_ptr_eq(lathe_backend(), lathe_backend_cpu());
+    lathe_tensor *all[5] = {q, k, v, W, seg};
+    free_all(all, 5);
+}
+END_TEST
+
 /* ---- softmax family -------------------------------------------------- */
 
 static lathe_tensor *softmax_fn(lathe_tensor *const *in, void *ctx) { return lathe_softmax(in[0]); }
@@ -852,6 +1022,8 @@ static Suite *ops_nn_suite(void)
     tcase_add_test(core, test_sdpa_small);
     tcase_add_test(core, test_sdpa_self);
     tcase_add_test(core, test_sdpa_parallel_sizes);
+    tcase_add_test(core, test_sdpa_flash_equals_att_kernels);
+    tcase_add_test(core, test_sdpa_without_lse_slots);
     tcase_add_test(core, test_softmax);
     tcase_add_test(core, test_cross_entropy);
     tcase_add_test(core, test_cross_entropy_large);

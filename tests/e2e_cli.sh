@@ -54,7 +54,7 @@ sed 's/^plugin = gpt2/plugin = gtp2/' "$ini" > "$WORK/noplug.ini"
 expect_fail "unknown plugin" "gtp2.*gpt2" "$LATHE" config "$WORK/noplug.ini"
 expect_fail "bad override" "override|train\.steps|section" "$LATHE" config "$ini" "=3"
 expect_fail "override range" "<command line>.*steps" "$LATHE" config "$ini" train.steps=0
-expect_fail "precision not honoured" "precision" "$LATHE" config "$ini" run.precision=bf16
+expect_fail "loss scaling without fp16" "loss_scale.*fp16" "$LATHE" config "$ini" run.precision=bf16 run.loss_scale=1024
 expect_fail "missing file" "nope.ini" "$LATHE" config "$WORK/nope.ini"
 expect_fail "resume without checkpoint" "no checkpoint" "$LATHE" train "$ini" --resume
 expect_fail "unknown option" "unknown option" "$LATHE" train "$ini" --resum

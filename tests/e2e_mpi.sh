@@ -207,6 +207,19 @@ run zres-c 2 parallel.plugin=zero parallel.stage=1 train.steps=10
 run zres-c 2 parallel.plugin=zero parallel.stage=1 --resume
 same_curve zres-c 11 20
 
+# cpu_offload on the CPU: the optimizer is in host memory already, so the
+# curve is the same and the log says where its state is; the checkpoint of
+# an offloaded run is an ordinary one (resumed without offload). The device
+# side of offload is in e2e_fakedev.sh.
+name=zero2off-np3
+run $name 3 parallel.plugin=zero parallel.stage=2 parallel.cpu_offload=true parallel.bucket_size=16K
+same_curve $name 1 20
+grep -q "cpu_offload: optimizer state and step are in host memory" "$WORK/$name.log" ||
+  fail "$name: the log does not say where the optimizer state is"
+run zres-e 2 parallel.plugin=zero parallel.stage=3 parallel.cpu_offload=true train.steps=10
+run zres-e 2 parallel.plugin=zero parallel.stage=3 --resume
+same_curve zres-e 11 20
+
 # settings that cannot be honoured are errors naming the key
 expect_fail "stage 4" "stage" "$LATHE" train "$ini" run.output_dir="$WORK/bad1" parallel.plugin=zero parallel.stage=4
 expect_fail "no stage" "stage" "$LATHE" train "$ini" run.output_dir="$WORK/bad2" parallel.plugin=zero

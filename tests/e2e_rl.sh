@@ -1,8 +1,11 @@
 #!/bin/sh
 # The RL demonstration, end to end on 2 cores: a tiny GPT learns the
 # <think>/<answer> format (examples/arith-sft.ini), then GRPO with the rule
-# reward raises the share of correct answers on held-out prompts and the
-# mean reward (examples/grpo-arith.ini), and DPO lowers its loss and raises
+# reward raises the mean reward and the share of correct sampled answers
+# while greedy held-out accuracy stays high (examples/grpo-arith.ini; the 16
+# held-out prompts start near 1.0, so they move by a prompt or two with the
+# kernels' rounding and are only checked for collapse), and DPO lowers its
+# loss and raises
 # the chosen-over-rejected margin (examples/dpo-arith.ini). Fixed seeds.
 . "$top_srcdir/tests/e2e_lib.sh"
 if [ -n "${LATHE_SANITIZED:-}" ]; then
@@ -23,11 +26,15 @@ cd "$WORK" || fail "cd"
 m=runs/grpo-arith/metrics.jsonl
 a0=$(grep '"step": *0,' "$m" | sed -E 's/.*"grpo_eval_accuracy": *([-0-9.eE+]+).*/\1/')
 a1=$(grep '"step": *40,.*grpo_eval_accuracy' "$m" | sed -E 's/.*"grpo_eval_accuracy": *([-0-9.eE+]+).*/\1/')
-r=$(awk -F'"grpo_reward_mean":' 'NF > 1 { split($2, v, ","); n++; x[n] = v[1] }
-  END { for (i = 1; i <= 10; i++) { e += x[i]; l += x[n - 10 + i] } printf "%.4f %.4f", e / 10, l / 10 }' "$m")
-echo "GRPO held-out accuracy: $a0 at step 0, $a1 at step 40; mean reward, first and last 10 steps: $r"
-awk -v a="$a0" -v b="$a1" 'BEGIN { exit !(b > a) }' || fail "held-out accuracy did not rise ($a0 -> $a1)"
+# first10 KEY: the means of KEY over the first and the last 10 steps
+first10() { awk -F"\"$1\":" 'NF > 1 { split($2, v, ","); n++; x[n] = v[1] }
+  END { for (i = 1; i <= 10; i++) { e += x[i]; l += x[n - 10 + i] } printf "%.4f %.4f", e / 10, l / 10 }' "$m"; }
+r=$(first10 grpo_reward_mean)
+sa=$(first10 grpo_accuracy)
+echo "GRPO mean reward, first and last 10 steps: $r; sampled accuracy: $sa; held-out greedy accuracy: $a0 at step 0, $a1 at step 40"
 echo "$r" | awk '{ exit !($2 > $1) }' || fail "mean reward did not rise ($r)"
+echo "$sa" | awk '{ exit !($2 > $1) }' || fail "sampled accuracy did not rise ($sa)"
+awk -v a="$a0" -v b="$a1" 'BEGIN { exit !(a >= 0.75 && b >= 0.75) }' || fail "held-out accuracy collapsed ($a0 -> $a1)"
 for k in grpo_reward_std grpo_accuracy grpo_completion_length grpo_clip_fraction grpo_entropy \
          grpo_reward_format_mean grpo_rollout_tokens_per_s grpo_generation_seconds; do
   grep -q "\"$k\"" "$m" || fail "metrics.jsonl lacks $k"

@@ -2,6 +2,10 @@
  * 2017) with grouped-query heads (Ainslie et al. 2023) and optional segment
  * ids for packed sequences.
  *
+ * These are the ABI 1.1 slots, which keep att [B, H, T, T]: lathe_sdpa uses
+ * them only for a backend without attention_lse_* (the CPU backend has
+ * them: core/cpu/attention_flash.c, O(T) memory); the tests compare the two.
+ *
  * Shapes: q, out, dq, dout [B, T, H, D]; k, v, dk, dv [B, T, Hkv, D];
  * seg [B, T] or NULL; att [B, H, T, T]. Query head h reads kv head
  * h / (H / Hkv). Row i of att holds softmax_j(scale q_i . k_j) over the j it

@@ -1,5 +1,6 @@
 /* core/cpu/backend.c — the CPU backend's ops table and memory, and the
  * current-backend switch. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +77,8 @@ static const struct lathe_backend_ops cpu_ops = {
     .unary_backward = lathe_cpu_unary_backward,
     .gemm_lowp = lathe_cpu_gemm_lowp,
     .round_to = lathe_cpu_round_to,
+    .attention_lse_forward = lathe_cpu_attention_lse_forward,
+    .attention_lse_backward = lathe_cpu_attention_lse_backward,
 };
 
 static const struct lathe_backend_ops *current = &cpu_ops;
@@ -87,9 +90,13 @@ int lathe_backend_set(const struct lathe_backend_ops *ops)
 {
     if (!ops)
         return lathe_error(LATHE_EINVAL, "backend: NULL ops");
-    if (ops->size < sizeof(struct lathe_backend_ops))
-        return lathe_error(LATHE_EINVAL, "backend '%s': ops size %u is smaller than this lathe's %zu; rebuild it against this SDK",
-                           ops->name ? ops->name : "?", ops->size, sizeof(struct lathe_backend_ops));
+    /* A backend built against an older minor ABI lacks the slots appended
+     * since; every caller tests those with LATHE_OPS_HAS, so the minor-0
+     * slots are all a backend must hold (the loader's rule too). */
+    size_t need = offsetof(struct lathe_backend_ops, attention_cached_forward);
+    if (ops->size < need)
+        return lathe_error(LATHE_EINVAL, "backend '%s': ops size %u is smaller than the %zu of ABI minor 0; rebuild it against this SDK",
+                           ops->name ? ops->name : "?", ops->size, need);
     current = ops;
     return LATHE_OK;
 }

@@ -58,6 +58,14 @@ void lathe_cpu_attention_backward(float *dq, float *dk, float *dv, const float *
                                   const float *q, const float *k, const float *v,
                                   const float *att, int64_t B, int64_t T, int64_t H,
                                   int64_t Hkv, int64_t D, float scale);
+/* attention_flash.c (ABI 1.2): out and lse [B,H,T] instead of att */
+void lathe_cpu_attention_lse_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                     const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                     float scale);
+void lathe_cpu_attention_lse_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                      const float *k, const float *v, const float *out, const float *lse,
+                                      const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                      float scale);
 
 void lathe_cpu_softmax_forward(float *out, const float *x, int64_t N, int64_t C);
 void lathe_cpu_softmax_backward(float *dx, const float *dout, const float *out, int64_t N, int64_t C);

@@ -1,7 +1,12 @@
 /* core/ops/attention.c — causal scaled-dot-product attention with
- * grouped-query heads and optional segment ids (kernel notes in
- * core/cpu/attention.c). The probabilities [B, H, T, T] are kept for the
- * backward; without a gradient to compute they are freed with the scope. */
+ * grouped-query heads and optional segment ids.
+ *
+ * Two kernel pairs. A backend with the ABI 1.2 attention_lse_* slots
+ * (FlashAttention; core/cpu/attention_flash.c) keeps only the row
+ * log-sum-exp [B, H, T] beside the output, O(T) memory per layer. Else
+ * (a backend built at ABI 1.1) the probabilities [B, H, T, T] are kept
+ * (core/cpu/attention.c). Without a gradient to compute, what was saved is
+ * freed with the scope. */
 #include <math.h>
 
 #include <lathe/abi.h>
@@ -59,13 +64,31 @@ static void qkv_release(struct qkv *r)
             lathe_backend()->free(r->owned[i]);
 }
 
-static void sdpa_kernel_backward(struct lathe_node *nd, const struct qkv *r, float *dq, float *dk, float *dv)
+/* Both slots of the O(T)-memory pair, or none is used. */
+static int sdpa_has_lse(const struct lathe_backend_ops *be)
 {
-    lathe_backend()->attention_backward(dq, dk, dv, nd->out->grad->data, r->q, r->k, r->v, nd->saved[0]->data,
-                                        nd->i[0], nd->i[1], nd->i[2], nd->i[3], nd->i[4], nd->f[0]);
+    return LATHE_OPS_HAS(be, struct lathe_backend_ops, attention_lse_forward) &&
+           LATHE_OPS_HAS(be, struct lathe_backend_ops, attention_lse_backward);
 }
 
-/* in: q, k, v[, segments]; saved: att; i: B, T, H, Hkv, D; f: scale */
+static void sdpa_kernel_backward(struct lathe_node *nd, const struct qkv *r, float *dq, float *dk, float *dv)
+{
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (nd->i[5]) {
+        /* the kernel's own (unrounded) output: the one its lse belongs to */
+        const float *o = nd->saved[1] ? nd->saved[1]->data : nd->out->data;
+        const int32_t *seg = nd->nin > 3 ? nd->in[3]->data : NULL;
+        be->attention_lse_backward(dq, dk, dv, nd->out->grad->data, r->q, r->k, r->v, o, nd->saved[0]->data, seg,
+                                   nd->i[0], nd->i[1], nd->i[2], nd->i[3], nd->i[4], nd->f[0]);
+        return;
+    }
+    be->attention_backward(dq, dk, dv, nd->out->grad->data, r->q, r->k, r->v, nd->saved[0]->data, nd->i[0],
+                           nd->i[1], nd->i[2], nd->i[3], nd->i[4], nd->f[0]);
+}
+
+/* in: q, k, v[, segments]; i: B, T, H, Hkv, D, lse path; f: scale;
+ * saved: lse [B, H, T] and, under a 16-bit compute dtype, the unrounded
+ * output (lse path), or att [B, H, T, T] */
 static void sdpa_backward(struct lathe_node *nd)
 {
     float *dq = lathe_node_grad(nd->in[0]); /* [B, T, H, D] */
@@ -143,24 +166,35 @@ lathe_tensor *lathe_sdpa(lathe_tensor *q, lathe_tensor *k, lathe_tensor *v,
     }
     if (!(scale > 0.0f))
         scale = 1.0f / sqrtf((float)D);
+    const struct lathe_backend_ops *be = lathe_backend();
+    enum lathe_dtype dt = lathe_compute_dtype();
+    int use_lse = sdpa_has_lse(be);
     lathe_tensor *out = lathe_op_result(LATHE_F32, 4, q->shape);
-    int64_t ashape[4] = {B, H, T, T};
-    lathe_tensor *att = lathe_op_result(LATHE_F32, 4, ashape);
-    if (!out || !att)
+    /* lse path: saved[0] lse [B, H, T]; the backward's rowsum(dO * O) must
+     * see the output the kernel made, so under 16-bit compute (where out
+     * is then rounded) that output is kept as saved[1]. Else att. */
+    int64_t sshape[4] = {B, H, T, T};
+    lathe_tensor *saved = lathe_op_result(LATHE_F32, use_lse ? 3 : 4, sshape);
+    lathe_tensor *kout = use_lse && dt != LATHE_F32 ? lathe_op_result(LATHE_F32, 4, q->shape) : out;
+    if (!out || !saved || !kout)
         return NULL;
     struct qkv r;
     if (qkv_prepare(&r, q, k, v) != 0)
         return NULL;
-    const struct lathe_backend_ops *be = lathe_backend();
-    be->attention_forward(out->data, att->data, r.q, r.k, r.v, segments ? segments->data : NULL, B, T, H, Hkv, D,
-                          scale);
+    const int32_t *seg = segments ? segments->data : NULL;
+    if (use_lse)
+        be->attention_lse_forward(kout->data, saved->data, r.q, r.k, r.v, seg, B, T, H, Hkv, D, scale);
+    else
+        be->attention_forward(out->data, saved->data, r.q, r.k, r.v, seg, B, T, H, Hkv, D, scale);
     qkv_release(&r);
-    if (lathe_compute_dtype() != LATHE_F32)
-        be->round_to(out->data, out->data, lathe_tensor_numel(out), lathe_compute_dtype());
+    if (dt != LATHE_F32)
+        be->round_to(out->data, kout->data, lathe_tensor_numel(out), dt);
     lathe_tensor *in[4] = {q, k, v, segments};
     struct lathe_node *nd = lathe_node_record(out, sdpa_backward, segments ? 4 : 3, in);
     if (nd) {
-        nd->saved[0] = att;
+        nd->saved[0] = saved;
+        nd->saved[1] = kout != out ? kout : NULL;
+        nd->i[5] = use_lse;
         nd->i[0] = B;
         nd->i[1] = T;
         nd->i[2] = H;

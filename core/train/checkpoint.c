@@ -123,7 +123,9 @@ static int put_components(struct lathe_run *run, lathe_state *st, const struct l
     }
     if (rc == LATHE_OK && !strategy_keeps_optim(run)) {
         lathe_state_set_prefix(st, "optim.");
+        const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
         rc = ((const struct lathe_optim_ops *)run->optim.ops)->state_save(run->optim.self, st);
+        lathe_run_optim_end(prev);
     }
     if (rc == LATHE_OK) {
         lathe_state_set_prefix(st, "data.");
@@ -194,9 +196,13 @@ int lathe_checkpoint_save(struct lathe_run *run, const struct lathe_loop_state *
     /* every rank enters every barrier, whatever failed, so that no
      * collective is left half-entered (barriers are no-ops in one process) */
     int brc = lathe_run_barrier(run);
-    if (rc == LATHE_OK && brc == LATHE_OK && strategy_keeps_optim(run))
+    if (rc == LATHE_OK && brc == LATHE_OK && strategy_keeps_optim(run)) {
+        /* with the optimizer's backend current (parallel.h, optim_device) */
+        const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
         rc = ((const struct lathe_strategy_ops *)run->strategy.ops)
                  ->state_save(run->strategy.self, run->optim.ops, run->optim.self, tmp);
+        lathe_run_optim_end(prev);
+    }
     if (brc == LATHE_OK)
         brc = lathe_run_barrier(run);
     if (rc == LATHE_OK && brc == LATHE_OK && run->env.rank == 0)
@@ -270,7 +276,9 @@ static int get_components(struct lathe_run *run, lathe_state *st, struct lathe_l
     }
     if (rc == LATHE_OK && !strategy_keeps_optim(run)) {
         lathe_state_set_prefix(st, "optim.");
+        const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
         rc = ((const struct lathe_optim_ops *)run->optim.ops)->state_load(run->optim.self, st);
+        lathe_run_optim_end(prev);
     }
     if (rc == LATHE_OK) {
         lathe_state_set_prefix(st, "data.");
@@ -325,9 +333,12 @@ int lathe_checkpoint_load_latest(struct lathe_run *run, struct lathe_loop_state 
         rc = get_components(run, st, ls);
         lathe_state_free(st);
     }
-    if (rc == LATHE_OK && strategy_keeps_optim(run))
+    if (rc == LATHE_OK && strategy_keeps_optim(run)) {
+        const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
         rc = ((const struct lathe_strategy_ops *)run->strategy.ops)
                  ->state_load(run->strategy.self, run->optim.ops, run->optim.self, dir);
+        lathe_run_optim_end(prev);
+    }
     int wrc = lathe_run_whole_params(run, 0);
     rc = rc != LATHE_OK ? rc : wrc;
     if (rc != LATHE_OK)

@@ -151,13 +151,15 @@ out:
 
 static double grad_norm(struct lathe_run *run)
 {
-    const struct lathe_backend_ops *be = lathe_backend();
     double total = 0.0;
-    if (run->strategy.self && LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, grad_sumsq)) {
+    if (run->strategy.self && LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, grad_sumsq) &&
+        STRATEGY(run)->grad_sumsq) {
         if (STRATEGY(run)->grad_sumsq(run->strategy.self, &total) != LATHE_OK)
             return NAN;
         return sqrt(total);
     }
+    const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
+    const struct lathe_backend_ops *be = lathe_backend();
     for (size_t i = 0; i < run->noptim; i++) {
         lathe_tensor *p = run->optim_params[i];
         if (!p->grad)
@@ -166,6 +168,7 @@ static double grad_norm(struct lathe_run *run)
         be->sumsq(&s, p->grad->data, lathe_tensor_numel(p->grad));
         total += s;
     }
+    lathe_run_optim_end(prev);
     return sqrt(total);
 }
 
@@ -179,12 +182,14 @@ static void clip_grads(struct lathe_run *run, double norm, double unscale)
     if (c64 == 1.0)
         return;
     float c = (float)c64;
+    const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
     const struct lathe_backend_ops *be = lathe_backend();
     for (size_t i = 0; i < run->noptim; i++) {
         lathe_tensor *g = run->optim_params[i]->grad;
         if (g)
             be->scale(g->data, g->data, c, lathe_tensor_numel(g), 0);
     }
+    lathe_run_optim_end(prev);
 }
 
 /* Token-weighted mean loss over the eval split (or its first eval_batches). */
@@ -286,8 +291,10 @@ static void report_memory(struct lathe_run *run)
     if (LATHE_OPS_HAS(OPTIM(run), struct lathe_optim_ops, state_bytes))
         ob += OPTIM(run)->state_bytes(run->optim.self);
     /* every rank reports: the figures differ by rank */
-    printf("rank %d/%d [parallel] %s: parameters %zu bytes, gradients %zu bytes, optimizer state %zu bytes\n",
-           run->env.rank, run->env.world_size, run->strategy.name, pb, gb, ob);
+    /* cpu_offload on a device: the optimizer state is not device memory */
+    printf("rank %d/%d [parallel] %s: parameters %zu bytes, gradients %zu bytes, optimizer state %zu bytes%s\n",
+           run->env.rank, run->env.world_size, run->strategy.name, pb, gb, ob,
+           run->optim_backend ? " in host memory" : "");
     fflush(stdout);
 }
 
@@ -431,15 +438,20 @@ int lathe_run_train(struct lathe_run *run)
             if (scaler->enabled)
                 norm /= step_scale;
             clip_grads(run, norm, scaler->enabled ? 1.0 / step_scale : 1.0);
-            if ((rc = OPTIM(run)->step(run->optim.self, lr)) != LATHE_OK) {
+            const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
+            rc = OPTIM(run)->step(run->optim.self, lr);
+            lathe_run_optim_end(prev);
+            if (rc != LATHE_OK) {
                 rc = lathe_error_prefix(rc, "[optim] %s", run->optim.name);
                 break;
             }
         }
         for (size_t i = 0; i < run->ntrainable; i++)
             lathe_tensor_zero_grad(run->trainable[i]);
+        const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
         for (size_t i = 0; i < run->noptim; i++)
             lathe_tensor_zero_grad(run->optim_params[i]);
+        lathe_run_optim_end(prev);
         if (run->strategy.self && (rc = STRATEGY(run)->sync_params(run->strategy.self)) != LATHE_OK) {
             rc = lathe_error_prefix(rc, "[parallel] %s: sync_params", run->strategy.name);
             break;

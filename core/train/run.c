@@ -248,6 +248,11 @@ static int read_run_settings(struct lathe_run *run)
                                              "for backend = %s", backend);
     if (device == LATHE_DEVICE_CUDA && (rc = use_cuda(run, s, backend, allow_tf32)))
         return rc;
+    const struct lathe_backend_ops *be = lathe_backend();
+    if (precision != LATHE_PRECISION_FP32 && !(LATHE_OPS_HAS(be, struct lathe_backend_ops, gemm_lowp) &&
+                                               LATHE_OPS_HAS(be, struct lathe_backend_ops, round_to)))
+        return lathe_cfg_error(s, "precision", "backend '%s' has no 16-bit matrix products (gemm_lowp, round_to; "
+                               "ABI 1.2); use precision = fp32", be->name);
     run->env.device = device;
     run->env.precision = precision;
     run->env.rank = 0;
@@ -365,6 +370,17 @@ static int create_strategy(struct lathe_run *run)
                             run->trainable, run->ntrainable, &run->strategy.self));
     if (rc == LATHE_OK && LATHE_OPS_HAS(so, struct lathe_strategy_ops, optim_params))
         rc = created(run, &run->strategy, so->optim_params(run->strategy.self, &run->optim_params, &run->noptim));
+    /* the optimizer follows its tensors: host memory under cpu_offload */
+    if (rc == LATHE_OK && LATHE_OPS_HAS(so, struct lathe_strategy_ops, optim_device) && so->optim_device) {
+        int dev = so->optim_device(run->strategy.self);
+        if (dev == LATHE_DEVICE_CPU && run->env.device != LATHE_DEVICE_CPU)
+            run->optim_backend = lathe_backend_cpu();
+        else if (dev != run->env.device)
+            rc = lathe_error(LATHE_EUNSUPPORTED,
+                             "[parallel] %s: optim_device asks for device %d (enum lathe_device), but the run is on "
+                             "%s; only the run's device or the host (cpu_offload) can hold the optimizer",
+                             run->strategy.name, dev, run->env.device == LATHE_DEVICE_CPU ? "the CPU" : "CUDA");
+    }
     /* a strategy that gathers parameters per segment (ZeRO-3) does it
      * through the segment hooks */
     if (rc == LATHE_OK && (LATHE_OPS_HAS(so, struct lathe_strategy_ops, acquire) ||
@@ -402,6 +418,22 @@ static int setup_recompute(struct lathe_run *run)
                "pass (one more forward per step; activations kept only at segment boundaries)\n",
                n, run->model.name);
     return LATHE_OK;
+}
+
+const struct lathe_backend_ops *lathe_run_optim_begin(const struct lathe_run *run)
+{
+    const struct lathe_backend_ops *prev = lathe_backend();
+    /* setting a backend fails only for one with a short ops struct; the CPU
+     * backend and the one that was current are neither */
+    if (run->optim_backend)
+        (void)lathe_backend_set(run->optim_backend);
+    return prev;
+}
+
+void lathe_run_optim_end(const struct lathe_backend_ops *prev)
+{
+    if (prev != lathe_backend())
+        (void)lathe_backend_set(prev);
 }
 
 int lathe_run_barrier(struct lathe_run *run)
@@ -487,8 +519,11 @@ int lathe_run_create(struct lathe_run **out, const struct lathe_run_opts *o)
         rc = create_strategy(run);
     if (rc == LATHE_OK && !(rc = find_component(run, LATHE_KIND_OPTIMIZER, "optim", "adamw", &run->optim))) {
         const struct lathe_optim_ops *oo = run->optim.ops;
+        /* its state in the memory of the tensors it updates */
+        const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
         rc = created(run, &run->optim, oo->create(lathe_config_section(run->cfg, "optim"), &run->env,
                                                   run->optim_params, run->noptim, &run->optim.self));
+        lathe_run_optim_end(prev);
     }
     if (rc == LATHE_OK)
         rc = lathe_config_check_unused(run->cfg);
@@ -510,7 +545,10 @@ void lathe_run_destroy(struct lathe_run *run)
     for (size_t i = 0; i < run->nloggers; i++)
         if (run->log_self[i])
             run->log_ops[i]->destroy(run->log_self[i]);
+    /* the optimizer frees its state through the backend it made it with */
+    const struct lathe_backend_ops *prev = lathe_run_optim_begin(run);
     destroy_component(&run->optim);
+    lathe_run_optim_end(prev);
     destroy_component(&run->strategy);
     destroy_component(&run->sched);
     destroy_component(&run->loss);

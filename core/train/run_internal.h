@@ -39,6 +39,9 @@ struct lathe_run {
      * views the strategy hands out */
     lathe_tensor *const *optim_params;
     size_t noptim;
+    /* the CPU backend when the strategy keeps optim_params in host memory
+     * on a device run (optim_device: ZeRO cpu_offload); NULL: the run's */
+    const struct lathe_backend_ops *optim_backend;
     struct lathe_reward_inst *rewards; /* [reward.*] */
     size_t nrewards;
     /* every parameter, and the trainable ones (what the optimizer sees) */
@@ -62,6 +65,13 @@ struct lathe_loop_state {
     double best_eval;                /* +inf until the first evaluation */
     int64_t bad_evals;               /* evaluations since the best */
 };
+
+/* run.c: everything done with optim_params or the optimizer sits between
+ * these two: begin makes the optimizer's backend current (the CPU's under
+ * ZeRO cpu_offload on a device run; nothing changes otherwise) and returns
+ * the backend that end restores. */
+const struct lathe_backend_ops *lathe_run_optim_begin(const struct lathe_run *run);
+void lathe_run_optim_end(const struct lathe_backend_ops *prev);
 
 /* Collectives through the run's communicator; no-ops in one process. */
 int lathe_run_barrier(struct lathe_run *run);

@@ -1,17 +1,30 @@
 /* plugins/cuda/attention.cu — rotary embedding, causal attention forward
  * and backward with grouped-query heads and segment ids, and attention over
- * a KV cache (lathe/backend.h; the CPU reference is core/cpu/attention.c).
+ * a KV cache (lathe/backend.h; the CPU references are core/cpu/attention.c
+ * and core/cpu/attention_flash.c).
  *
  * Forward: a tiled flash-style kernel (Dao et al. 2022, "FlashAttention")
  * computes out with an online softmax over key tiles held in shared memory,
  * never storing the T x T scores, and saves the log-sum-exp of each row.
- * The backend contract (ABI 1.x) also wants the probabilities att[B,H,T,T]
- * for the backward, so they are filled afterwards from the saved lse:
+ * The ABI 1.2 slot attention_lse_forward returns that lse and stops there.
+ * The ABI 1.1 slot attention_forward also wants the probabilities
+ * att[B,H,T,T], so it fills them afterwards from the lse:
  * att = exp(scale q.k - lse) where allowed, 0 elsewhere (one cuBLAS GEMM for
- * the scores, one elementwise pass). A future slot that takes lse instead
- * of att can drop that fill and recompute P tile by tile in its backward.
+ * the scores, one elementwise pass).
  *
- * Backward, with P = att, dO = dout (as on the CPU):
+ * Backward from lse (attention_lse_backward, FlashAttention-2: Dao 2023),
+ * with Di = rowsum(dO_i * O_i) made first by a small kernel:
+ *   P = exp(scale Q K^T - lse),  dP = dO V^T,  dS = P * (dP - Di) * scale,
+ *   dV += P^T dO,  dK += dS^T Q  (pass 1: one block per tile of keys of one
+ *                                 kv head, walking its group's query heads
+ *                                 and the query rows at or after its keys),
+ *   dQ += dS K                   (pass 2: one block per tile of query rows,
+ *                                 walking the keys up to its last row).
+ * Each gradient element is summed by one thread in a fixed order: no
+ * atomics, the same bits on every run.
+ *
+ * Backward from att (attention_backward), with P = att, dO = dout (as on
+ * the CPU):
  *   dV += P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)) * scale,
  *   dQ += dS K,    dK += dS^T Q,
  * as strided-batched cuBLAS GEMMs over the kv heads of one batch row and
@@ -204,6 +217,19 @@ static __global__ void att_fill_kernel(float *att, const float *lse, const int32
     }
 }
 
+static void flash_dispatch(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, float scale)
+{
+    if (D <= 32)
+        flash_launch<1>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
+    else if (D <= 64)
+        flash_launch<2>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
+    else if (D <= 128)
+        flash_launch<4>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
+    else
+        flash_launch<8>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
+}
+
 static int attention_sizes_ok(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D)
 {
     if (Hkv <= 0 || H % Hkv != 0) {
@@ -230,14 +256,7 @@ extern "C" void lathe_cuda_attention_forward(float *out, float *att, const float
     float *lse = (float *)lathe_cuda_scratch(sizeof(float) * (size_t)(B * H * T));
     if (!lse)
         return;
-    if (D <= 32)
-        flash_launch<1>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
-    else if (D <= 64)
-        flash_launch<2>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
-    else if (D <= 128)
-        flash_launch<4>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
-    else
-        flash_launch<8>(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
+    flash_dispatch(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
     if (!att)
         return;
     /* the probabilities the ABI 1.x backward reads: scores by GEMM per
@@ -312,6 +331,271 @@ extern "C" void lathe_cuda_attention_backward(float *dq, float *dk, float *dv, c
                                    Hkv);
         }
     }
+}
+
+/* ---- O(T)-memory slots (ABI 1.2): lse saved, P recomputed ---- */
+
+extern "C" void lathe_cuda_attention_lse_forward(float *out, float *lse, const float *q, const float *k,
+                                                 const float *v, const int32_t *seg, int64_t B, int64_t T, int64_t H,
+                                                 int64_t Hkv, int64_t D, float scale)
+{
+    CU_ENTER();
+    if (B <= 0 || T <= 0 || H <= 0 || D <= 0 || !attention_sizes_ok(B, T, H, Hkv, D))
+        return;
+    flash_dispatch(out, lse, q, k, v, seg, B, T, H, Hkv, D, scale);
+}
+
+#define FB_KEYS 16 /* key rows per block of the dK/dV pass, one per warp */
+#define FB_ROWS 32 /* query rows per shared tile of that pass, one per lane */
+
+/* di[B,H,T] = rowsum(dout * out): one warp per row of [B,T,H]. */
+static __global__ void flash_di_kernel(float *di, const float *dout, const float *out, int64_t B, int64_t T,
+                                       int64_t H, int D)
+{
+    int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (wid >= B * T * H)
+        return; /* whole warps leave together */
+    int64_t h = wid % H, bt = wid / H, b = bt / T, i = bt % T;
+    const float *a = dout + wid * D, *o = out + wid * D;
+    float acc = 0.0f;
+    for (int d = lane; d < D; d += 32)
+        acc += a[d] * o[d];
+    acc = lcu_warp_sum(acc);
+    if (lane == 0)
+        di[(b * H + h) * T + i] = acc;
+}
+
+/* Pass 1. grid (ceil(T / FB_KEYS), B*Hkv), FB_KEYS warps; warp w owns key
+ * j = j0 + w and sums its dK, dV rows in registers (channels lane + 32 e)
+ * over every query head of its group and every query row i >= j0, lane ii
+ * taking row i0 + ii of a shared tile. Shared: Q and dO tiles
+ * [FB_ROWS][D+1] (padded: lane ii reads row ii), the block's K and V rows
+ * [FB_KEYS][D]. */
+template <int NPL>
+static __global__ void flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                         const float *v, const float *lse, const float *di, const int32_t *seg,
+                                         int T, int H, int Hkv, int D, float scale)
+{
+    extern __shared__ float smem[];
+    __shared__ float lse_s[FB_ROWS], di_s[FB_ROWS];
+    const int ldt = D + 1;
+    float *Qs = smem, *dOs = Qs + FB_ROWS * ldt, *Ks = dOs + FB_ROWS * ldt, *Vs = Ks + FB_KEYS * D;
+    int bg = blockIdx.y, b = bg / Hkv, g = bg % Hkv, group = H / Hkv;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int j0 = blockIdx.x * FB_KEYS, j = j0 + warp;
+    bool active = j < T;
+    int64_t ldq = (int64_t)H * D, ldk = (int64_t)Hkv * D;
+    const float *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+    const float *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+    const int32_t *sb = seg ? seg + (int64_t)b * T : NULL;
+    float *ks = Ks + warp * D, *vs = Vs + warp * D;
+    if (active)
+        for (int d = lane; d < D; d += 32) {
+            ks[d] = kb[(int64_t)j * ldk + d];
+            vs[d] = vb[(int64_t)j * ldk + d];
+        }
+    int32_t sj = sb && active ? sb[j] : 0;
+    float ak[NPL], av[NPL];
+#pragma unroll
+    for (int e = 0; e < NPL; e++)
+        ak[e] = av[e] = 0.0f;
+    for (int r = 0; r < group; r++) {
+        int h = g * group + r;
+        const float *qb = q + (int64_t)b * T * ldq + (int64_t)h * D;
+        const float *dob = dout + (int64_t)b * T * ldq + (int64_t)h * D;
+        const float *lb = lse + ((int64_t)b * H + h) * T, *db = di + ((int64_t)b * H + h) * T;
+        for (int i0 = j0; i0 < T; i0 += FB_ROWS) { /* causal: no query row before the block's first key */
+            __syncthreads();
+            for (int e = threadIdx.x; e < FB_ROWS * D; e += blockDim.x) {
+                int ii = e / D, d = e % D, i = i0 + ii;
+                Qs[ii * ldt + d] = i < T ? qb[(int64_t)i * ldq + d] : 0.0f;
+                dOs[ii * ldt + d] = i < T ? dob[(int64_t)i * ldq + d] : 0.0f;
+            }
+            if (threadIdx.x < FB_ROWS) {
+                int i = i0 + threadIdx.x;
+                lse_s[threadIdx.x] = i < T ? lb[i] : -INFINITY;
+                di_s[threadIdx.x] = i < T ? db[i] : 0.0f;
+            }
+            __syncthreads();
+            if (!active)
+                continue; /* the same for the whole warp */
+            int i = i0 + lane;
+            float li = lse_s[lane], p = 0.0f, ds = 0.0f;
+            if (i < T && i >= j && li != -INFINITY && (!sb || sb[i] == sj)) {
+                const float *qr = Qs + lane * ldt, *dr = dOs + lane * ldt;
+                float s = 0.0f, dp = 0.0f;
+                for (int d = 0; d < D; d++) {
+                    s += qr[d] * ks[d];
+                    dp += dr[d] * vs[d];
+                }
+                p = expf(s * scale - li);
+                ds = p * (dp - di_s[lane]) * scale;
+            }
+            for (int ii = 0; ii < FB_ROWS; ii++) {
+                float pi = __shfl_sync(0xffffffffu, p, ii), dsi = __shfl_sync(0xffffffffu, ds, ii);
+                if (pi == 0.0f && dsi == 0.0f)
+                    continue; /* the same for every lane */
+                const float *qr = Qs + ii * ldt, *dr = dOs + ii * ldt;
+#pragma unroll
+                for (int e = 0; e < NPL; e++) {
+                    int d = lane + 32 * e;
+                    if (d < D) {
+                        av[e] += pi * dr[d];
+                        ak[e] += dsi * qr[d];
+                    }
+                }
+            }
+        }
+    }
+    if (!active)
+        return;
+#pragma unroll
+    for (int e = 0; e < NPL; e++) {
+        int d = lane + 32 * e;
+        if (d >= D)
+            continue;
+        if (dk)
+            dk[(int64_t)b * T * ldk + (int64_t)j * ldk + (int64_t)g * D + d] += ak[e];
+        if (dv)
+            dv[(int64_t)b * T * ldk + (int64_t)j * ldk + (int64_t)g * D + d] += av[e];
+    }
+}
+
+/* Pass 2. grid (ceil(T / FA_ROWS), B*H), FA_ROWS warps; warp w owns query
+ * row i = i0 + w and sums its dQ row over key tiles [FA_KEYS][D+1] in
+ * shared memory (lane jj: key j0 + jj), as the forward walks them. */
+template <int NPL>
+static __global__ void flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                                       const float *lse, const float *di, const int32_t *seg, int T, int H, int Hkv,
+                                       int D, float scale)
+{
+    extern __shared__ float smem[];
+    const int ldsk = D + 1;
+    float *Ks = smem, *Vs = Ks + FA_KEYS * ldsk, *Qs = Vs + FA_KEYS * ldsk, *dOs = Qs + FA_ROWS * D;
+    int bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int i0 = blockIdx.x * FA_ROWS, i = i0 + warp;
+    bool active = i < T;
+    int64_t ldq = (int64_t)H * D, ldk = (int64_t)Hkv * D;
+    const float *qb = q + (int64_t)b * T * ldq + (int64_t)h * D;
+    const float *dob = dout + (int64_t)b * T * ldq + (int64_t)h * D;
+    const float *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+    const float *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+    const int32_t *sb = seg ? seg + (int64_t)b * T : NULL;
+    float *qs = Qs + warp * D, *dos = dOs + warp * D;
+    if (active)
+        for (int d = lane; d < D; d += 32) {
+            qs[d] = qb[(int64_t)i * ldq + d];
+            dos[d] = dob[(int64_t)i * ldq + d];
+        }
+    int32_t si = sb && active ? sb[i] : 0;
+    float li = active ? lse[(int64_t)bh * T + i] : -INFINITY, dii = active ? di[(int64_t)bh * T + i] : 0.0f;
+    float acc[NPL];
+#pragma unroll
+    for (int e = 0; e < NPL; e++)
+        acc[e] = 0.0f;
+    int last = (i0 + FA_ROWS < T ? i0 + FA_ROWS : T) - 1;
+    for (int j0 = 0; j0 <= last; j0 += FA_KEYS) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < FA_KEYS * D; e += blockDim.x) {
+            int jj = e / D, d = e % D, j = j0 + jj;
+            Ks[jj * ldsk + d] = j < T ? kb[(int64_t)j * ldk + d] : 0.0f;
+            Vs[jj * ldsk + d] = j < T ? vb[(int64_t)j * ldk + d] : 0.0f;
+        }
+        __syncthreads();
+        if (!active || j0 > i || li == -INFINITY)
+            continue; /* the same for the whole warp */
+        int j = j0 + lane;
+        float ds = 0.0f;
+        if (j <= i && (!sb || sb[j] == si)) {
+            const float *kr = Ks + lane * ldsk, *vr = Vs + lane * ldsk;
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < D; d++) {
+                s += qs[d] * kr[d];
+                dp += dos[d] * vr[d];
+            }
+            float p = expf(s * scale - li);
+            ds = p * (dp - dii) * scale;
+        }
+        for (int jj = 0; jj < FA_KEYS; jj++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, jj);
+            if (dsj == 0.0f)
+                continue; /* the same for every lane */
+            const float *kr = Ks + jj * ldsk;
+#pragma unroll
+            for (int e = 0; e < NPL; e++) {
+                int d = lane + 32 * e;
+                if (d < D)
+                    acc[e] += dsj * kr[d];
+            }
+        }
+    }
+    if (!active)
+        return;
+    float *dqr = dq + (int64_t)b * T * ldq + (int64_t)i * ldq + (int64_t)h * D;
+#pragma unroll
+    for (int e = 0; e < NPL; e++) {
+        int d = lane + 32 * e;
+        if (d < D)
+            dqr[d] += acc[e];
+    }
+}
+
+template <int NPL>
+static void flash_backward_launch(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                  const float *v, const float *lse, const float *di, const int32_t *seg, int64_t B,
+                                  int64_t T, int64_t H, int64_t Hkv, int64_t D, float scale)
+{
+    cudaStream_t st = lathe_cuda_stream();
+    if (dk || dv) {
+        size_t smem = sizeof(float) * (size_t)(2 * FB_ROWS * (D + 1) + 2 * FB_KEYS * D);
+        if (smem > 48 * 1024 &&
+            CU_CHECK(cudaFuncSetAttribute(flash_dkdv_kernel<NPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem)))
+            return;
+        dim3 grid((unsigned)((T + FB_KEYS - 1) / FB_KEYS), (unsigned)(B * Hkv));
+        flash_dkdv_kernel<NPL><<<grid, FB_KEYS * 32, smem, st>>>(dk, dv, dout, q, k, v, lse, di, seg, (int)T,
+                                                                  (int)H, (int)Hkv, (int)D, scale);
+        if (CU_LAUNCHED("flash_dkdv_kernel"))
+            return;
+    }
+    if (dq) {
+        size_t smem = sizeof(float) * (size_t)(2 * FA_KEYS * (D + 1) + 2 * FA_ROWS * D);
+        if (smem > 48 * 1024 &&
+            CU_CHECK(cudaFuncSetAttribute(flash_dq_kernel<NPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem)))
+            return;
+        dim3 grid((unsigned)((T + FA_ROWS - 1) / FA_ROWS), (unsigned)(B * H));
+        flash_dq_kernel<NPL><<<grid, FA_ROWS * 32, smem, st>>>(dq, dout, q, k, v, lse, di, seg, (int)T, (int)H,
+                                                                (int)Hkv, (int)D, scale);
+        CU_LAUNCHED("flash_dq_kernel");
+    }
+}
+
+extern "C" void lathe_cuda_attention_lse_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                                  const float *k, const float *v, const float *out, const float *lse,
+                                                  const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                                                  int64_t D, float scale)
+{
+    CU_ENTER();
+    if ((!dq && !dk && !dv) || B <= 0 || T <= 0 || H <= 0 || D <= 0 || !attention_sizes_ok(B, T, H, Hkv, D))
+        return;
+    float *di = (float *)lathe_cuda_scratch(sizeof(float) * (size_t)(B * H * T)); /* [B, H, T] */
+    if (!di)
+        return;
+    int64_t rows = B * T * H;
+    flash_di_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, lathe_cuda_stream()>>>(di, dout, out, B, T, H, (int)D);
+    if (CU_LAUNCHED("flash_di_kernel"))
+        return;
+    if (D <= 32)
+        flash_backward_launch<1>(dq, dk, dv, dout, q, k, v, lse, di, seg, B, T, H, Hkv, D, scale);
+    else if (D <= 64)
+        flash_backward_launch<2>(dq, dk, dv, dout, q, k, v, lse, di, seg, B, T, H, Hkv, D, scale);
+    else if (D <= 128)
+        flash_backward_launch<4>(dq, dk, dv, dout, q, k, v, lse, di, seg, B, T, H, Hkv, D, scale);
+    else
+        flash_backward_launch<8>(dq, dk, dv, dout, q, k, v, lse, di, seg, B, T, H, Hkv, D, scale);
 }
 
 /* ---- attention over a KV cache (generation) ---- */

@@ -97,6 +97,13 @@ void lathe_cuda_attention_forward(float *out, float *att, const float *q, const 
 void lathe_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                    const float *k, const float *v, const float *att, int64_t B, int64_t T,
                                    int64_t H, int64_t Hkv, int64_t D, float scale);
+void lathe_cuda_attention_lse_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                      float scale);
+void lathe_cuda_attention_lse_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                       const float *k, const float *v, const float *out, const float *lse,
+                                       const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                       float scale);
 void lathe_cuda_attention_cached_forward(float *out, const float *q, const float *kc, const float *vc,
                                          const int32_t *kseg, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                                          int64_t D, int64_t Tmax, int64_t len, float scale);

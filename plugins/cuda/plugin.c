@@ -63,6 +63,8 @@ static const struct lathe_backend_ops cuda_ops = {
     .unary_backward = lathe_cuda_unary_backward,
     .gemm_lowp = lathe_cuda_gemm_lowp,
     .round_to = lathe_cuda_round_to,
+    .attention_lse_forward = lathe_cuda_attention_lse_forward,
+    .attention_lse_backward = lathe_cuda_attention_lse_backward,
 };
 
 static const struct lathe_component cuda_components[] = {

@@ -11,7 +11,12 @@
  * run (another number of ranks, or flat vs per-parameter layout) rebuilds
  * each of its pieces from the overlapping pieces of every old rank's file,
  * matched by parameter and element range, so resharding needs no partition
- * rule. */
+ * rule.
+ *
+ * Under cpu_offload on a device the core calls both with the CPU backend
+ * current (parallel.h, optim_device): the optimizer's tensors and those
+ * rebuilt here are host memory; the files are the same as without offload,
+ * so a run may resume with or without it. */
 #include "zero.h"
 
 #include <errno.h>
@@ -353,7 +358,8 @@ static int reshard_rank(struct zero *z, const struct manifest *m, int r, const c
                 rc = lathe_error(LATHE_ENOMEM, "zero: out of memory");
                 break;
             }
-            /* both live in backend memory: a device-side copy */
+            /* both made by the current backend (the CPU's when the
+             * optimizer is offloaded to the host): its copy */
             lathe_backend()->copy2d(lathe_tensor_f32(*slot) + (a - np->poff), e - a,
                                     lathe_tensor_f32(old) + (a - op->poff), e - a, 1, e - a, 0);
             b->covered[(size_t)pi * z->nviews + j] += e - a;
@@ -383,9 +389,10 @@ int zero_state_load(void *self, const struct lathe_optim_ops *optim, void *optim
     struct zero *z = self;
     struct manifest m;
     int rc = manifest_read(z, dir, &m);
-    /* stage 3: the core has just loaded the parameters; refresh the
-     * persistent shard from those whose whole buffers it loaded into */
-    if (rc == LATHE_OK && z->stage == 3)
+    /* the core has just loaded the parameters: stage 3 refreshes the
+     * persistent shard from those whose whole buffers it loaded into, and
+     * cpu_offload on a device the host copy of the shard (every stage) */
+    if (rc == LATHE_OK)
         rc = zero_refresh_shard(z);
     lathe_state *st = NULL;
     char sub[4300];

@@ -91,15 +91,30 @@
  * 2Ψ. The log says so. It trades memory for traffic: 2Ψ a step instead of
  * 3Ψ, and for a model that does not run its blocks as segments.
  *
- * Device runs: every buffer of this plugin (shards, staging) is backend
- * memory, moved with the backend's copy2d/zero/sumsq; no tensor data is
- * read on the host. The communicator gets those buffers (device memory on
- * a device run, as the nccl communicator needs).
+ * Device runs: every buffer of this plugin (shards, staging) is the run's
+ * backend memory, moved with that backend's copy2d/zero/sumsq (z->be, kept
+ * from create, since the core makes the CPU backend current around the
+ * optimizer under cpu_offload); no tensor data is read on the host. The
+ * communicator gets those buffers (device memory on a device run, as the
+ * nccl communicator needs).
  *
- * cpu_offload: keeps the optimizer state and its step in host memory. On the
- * CPU backend that is where they already are; the run's memory line reports
- * them as host memory. On a device backend this plugin cannot yet move the
- * step to the host, so cpu_offload = true is refused there.
+ * cpu_offload: keeps the optimizer state and its step in host memory
+ * (ZeRO-Offload: Ren et al., "ZeRO-Offload: Democratizing Billion-Scale
+ * Model Training", USENIX ATC 2021, as DeepSpeed's offload_optimizer does).
+ * On the CPU backend that is where they already are; the run's memory line
+ * reports them as host memory. On a device backend the views handed to the
+ * optimizer are host tensors over hparam and hgrad, host copies of this
+ * rank's shard, and optim_device says LATHE_DEVICE_CPU, so the core creates
+ * the optimizer (its moments in host memory) and runs the norm, clipping,
+ * step and zeroing of those views with the CPU backend current. Per step:
+ * the gradients are reduce-scattered on the device as without offload,
+ * then the shard gradients (Ψ/N) are copied to hgrad and the device shard
+ * zeroed for the next step's reductions; grad_sumsq sums hgrad on the host;
+ * after the host step sync_params copies hparam (Ψ/N) back into the device
+ * shard (stage 3) or this rank's pieces of the whole parameters (stages 1
+ * and 2, persistent parameters), then all-gathers as without offload. The
+ * device keeps its parameters, the Ψ/N shard gradients and no optimizer
+ * state; the host holds the state and 2Ψ/N floats of shard copies.
  *
  * Checkpoints: checkpoint.c.
  *
@@ -130,11 +145,11 @@ int64_t zero_own_lo(const struct zero *z, size_t i, int r)
     return clamp0(range_lo(z, r) - z->off[i], numel);
 }
 
-/* dst (=, or += when acc) src, n floats, both backend memory. */
-static void dev_copy(float *dst, const float *src, int64_t n, int acc)
+/* dst (=, or += when acc) src, n floats, both the run's memory. */
+static void dev_copy(const struct zero *z, float *dst, const float *src, int64_t n, int acc)
 {
     if (n > 0)
-        lathe_backend()->copy2d(dst, n, src, n, 1, n, acc);
+        z->be->copy2d(dst, n, src, n, 1, n, acc);
 }
 
 /* ---- groups and their collectives ------------------------------------- */
@@ -172,7 +187,7 @@ enum { W_DATA, W_GRAD, W_SRC, W_SHARD_GRAD };
 static int pack_copy(struct zero *z, const struct zgroup *g, int r, int64_t at, int64_t len, float *buf, int what,
                      int to_buf)
 {
-    const struct lathe_backend_ops *be = lathe_backend();
+    const struct lathe_backend_ops *be = z->be;
     int64_t pos = 0, done = 0; /* share position of the current parameter; elements of buf handled */
     for (size_t k = 0; k < g->n && pos < at + len; k++) {
         size_t i = g->idx[k];
@@ -195,11 +210,11 @@ static int pack_copy(struct zero *z, const struct zgroup *g, int r, int64_t at, 
                                    what == W_GRAD ? "gradient" : "whole", z->rank);
             if (to_buf) {
                 if (t)
-                    dev_copy(b, t, e - a, 0);
+                    dev_copy(z, b, t, e - a, 0);
                 else
                     be->zero(b, (size_t)(e - a) * sizeof(float));
             } else if (!(what == W_DATA && r == z->rank && !z->sharded[i])) {
-                dev_copy(t, b, e - a, what == W_SHARD_GRAD);
+                dev_copy(z, t, b, e - a, what == W_SHARD_GRAD);
             }
             done = e - at;
         }
@@ -249,7 +264,7 @@ static int gather_group(struct zero *z, const struct zgroup *g)
 /* Whole buffers for g's sharded parameters (contents undefined). */
 static int alloc_whole(struct zero *z, const struct zgroup *g)
 {
-    const struct lathe_backend_ops *be = lathe_backend();
+    const struct lathe_backend_ops *be = z->be;
     for (size_t k = 0; k < g->n; k++) {
         lathe_tensor *p = z->params[g->idx[k]];
         if (!z->sharded[g->idx[k]] || p->data)
@@ -272,7 +287,7 @@ static int alloc_whole(struct zero *z, const struct zgroup *g)
 
 static void free_whole(struct zero *z, const struct zgroup *g)
 {
-    const struct lathe_backend_ops *be = lathe_backend();
+    const struct lathe_backend_ops *be = z->be;
     for (size_t k = 0; k < g->n; k++) {
         lathe_tensor *p = z->params[g->idx[k]];
         if (!z->sharded[g->idx[k]] || !p->data)
@@ -297,15 +312,44 @@ static void free_grads(struct zero *z, const struct zgroup *g)
 static void refresh_one(struct zero *z, size_t i)
 {
     if (z->sharded[i] && z->params[i]->data)
-        dev_copy(z->shard_param + z->psoff[i], (float *)z->params[i]->data + zero_own_lo(z, i, z->rank),
+        dev_copy(z, z->shard_param + z->psoff[i], (float *)z->params[i]->data + zero_own_lo(z, i, z->rank),
                  zero_own_len(z, i, z->rank), 0);
+}
+
+/* The device copy of this rank's piece k: in the persistent shard
+ * (sharded parameters) or in the whole buffer. */
+static float *piece_on_device(const struct zero *z, size_t k)
+{
+    const struct piece *pc = &z->pieces[k];
+    return z->sharded[pc->param] ? z->shard_param + z->psoff[pc->param] : (float *)z->params[pc->param]->data + pc->poff;
+}
+
+/* cpu_offload on a device: this rank's shard between the device and the
+ * host copy the optimizer updates (to_device 1: after its step). Pieces
+ * adjacent on both sides (the persistent stage-3 shard) move in one copy. */
+static int host_shard_copy(struct zero *z, int to_device)
+{
+    for (size_t k = 0; z->host && k < z->nviews;) {
+        float *h = z->hparam + z->pieces[k].soff, *d = piece_on_device(z, k);
+        int64_t len = z->pieces[k].len;
+        size_t j = k + 1;
+        for (; j < z->nviews && piece_on_device(z, j) == d + len && z->pieces[j].soff == z->pieces[k].soff + len; j++)
+            len += z->pieces[j].len;
+        size_t bytes = (size_t)len * sizeof(float);
+        int rc = to_device ? z->be->copy(d, h, bytes, 1) : z->be->copy(h, d, bytes, 0);
+        if (rc != LATHE_OK)
+            return lathe_error_prefix(rc, "zero: cpu_offload: copying the shard of '%s' %s the host",
+                                      z->params[z->pieces[k].param]->name, to_device ? "from" : "to");
+        k = j;
+    }
+    return LATHE_OK;
 }
 
 int zero_refresh_shard(struct zero *z)
 {
     for (size_t i = 0; i < z->n; i++)
         refresh_one(z, i);
-    return LATHE_OK;
+    return host_shard_copy(z, 0);
 }
 
 /* ---- create / destroy ------------------------------------------------- */
@@ -317,7 +361,7 @@ static void zero_destroy(void *self)
     struct zero *z = self;
     if (!z)
         return;
-    const struct lathe_backend_ops *be = lathe_backend();
+    const struct lathe_backend_ops *be = z->be;
     for (size_t i = 0; i < z->nviews; i++) {
         free(z->views ? z->views[i] : NULL);
         free(z->vgrads ? z->vgrads[i] : NULL);
@@ -334,6 +378,8 @@ static void zero_destroy(void *self)
     be->free(z->norm);
     be->free(z->shard_grad);
     be->free(z->shard_param);
+    lathe_backend_cpu()->free(z->hparam);
+    lathe_backend_cpu()->free(z->hgrad);
     group_free(&z->all);
     group_free(&z->persist);
     for (size_t s = 0; s < z->nsegs; s++)
@@ -381,9 +427,16 @@ static int make_views(struct zero *z)
         lathe_tensor *p = z->params[i];
         struct piece pc = {.param = i, .poff = lo, .len = len, .soff = z->soff[i]};
         float *data = z->sharded[i] ? z->shard_param + z->psoff[i] : (float *)p->data + lo;
+        float *grad = z->shard_grad + pc.soff;
+        int device = z->device;
+        if (z->host) { /* cpu_offload on a device: the host copies */
+            data = z->hparam + pc.soff;
+            grad = z->hgrad + pc.soff;
+            device = LATHE_DEVICE_CPU;
+        }
         size_t k = z->nviews;
-        lathe_tensor *v = header_over(data, p, len, z->device);
-        lathe_tensor *g = v ? header_over(z->shard_grad + pc.soff, p, len, z->device) : NULL;
+        lathe_tensor *v = header_over(data, p, len, device);
+        lathe_tensor *g = v ? header_over(grad, p, len, device) : NULL;
         if (!v || !g) {
             free(v);
             return lathe_error(LATHE_ENOMEM, "zero: out of memory");
@@ -410,11 +463,11 @@ static int broadcast_params(struct zero *z)
         float *d = z->params[i]->data;
         for (int64_t at = 0; at < numel_of(z, i); at += cap) {
             int64_t len = numel_of(z, i) - at < cap ? numel_of(z, i) - at : cap;
-            dev_copy(z->big, d + at, len, 0);
+            dev_copy(z, z->big, d + at, len, 0);
             int rc = z->co->broadcast(z->cs, z->big, len, LATHE_F32, 0);
             if (rc != LATHE_OK)
                 return lathe_error_prefix(rc, "zero: broadcasting rank 0's parameters");
-            dev_copy(d + at, z->big, len, 0);
+            dev_copy(z, d + at, z->big, len, 0);
         }
     }
     return LATHE_OK;
@@ -437,10 +490,7 @@ static int read_config(struct zero *z, lathe_section *cfg, const struct lathe_en
         return rc;
     if (*bucket_bytes < sizeof(float))
         return lathe_cfg_error(cfg, "bucket_size", "a bucket must hold at least one f32 gradient (4 bytes)");
-    if (z->offload && env->device != LATHE_DEVICE_CPU)
-        return lathe_cfg_error(cfg, "cpu_offload",
-                               "zero cannot yet run the optimizer step in host memory for a device run "
-                               "(the optimizer allocates its state on the run's device); set cpu_offload = false");
+    z->host = z->offload && env->device != LATHE_DEVICE_CPU;
     return LATHE_OK;
 }
 
@@ -583,7 +633,13 @@ static void explain(const struct zero *z)
                "the step moves 2x the parameters instead of per-segment gathering's 3x\n",
                z->gather == GATHER_MODEL ? "gather = model" : "the model exposes no segments (model ops `segments`)",
                all, shard);
-    if (z->offload)
+    if (z->host)
+        printf("[parallel] zero: cpu_offload: the optimizer state and step are in host memory, with a host copy "
+               "of this rank's shard of parameters and gradients (%zu + %zu bytes on rank 0); each step copies "
+               "the reduced shard gradients to the host and the updated shard back to the device. The "
+               "optimizer-state bytes below are host memory, not device memory\n",
+               (size_t)z->mine * sizeof(float), (size_t)z->mine * sizeof(float));
+    else if (z->offload)
         printf("[parallel] zero: cpu_offload: optimizer state and step are in host memory (on the CPU backend, "
                "where they already were); the optimizer-state bytes below are host memory\n");
     fflush(stdout);
@@ -620,6 +676,7 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
         free(z);
         return lathe_error(LATHE_ENOMEM, "zero: out of memory");
     }
+    z->be = be;
     uint64_t bucket_bytes;
     int rc = read_config(z, cfg, env, &bucket_bytes);
     if (rc != LATHE_OK) {
@@ -697,7 +754,15 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
     z->shard_grad = be->alloc((z->mine ? (size_t)z->mine : 1) * sizeof(float));
     if (z->stage == 3)
         z->shard_param = be->alloc((z->pmine ? (size_t)z->pmine : 1) * sizeof(float));
-    if (!z->big || !z->small || !z->norm || !z->shard_grad || (z->stage == 3 && !z->shard_param)) {
+    if (z->host) {
+        const struct lathe_backend_ops *cpu = lathe_backend_cpu();
+        z->hparam = cpu->alloc((z->mine ? (size_t)z->mine : 1) * sizeof(float));
+        z->hgrad = cpu->alloc((z->mine ? (size_t)z->mine : 1) * sizeof(float));
+        if (z->hgrad)
+            cpu->zero(z->hgrad, (size_t)z->mine * sizeof(float));
+    }
+    if (!z->big || !z->small || !z->norm || !z->shard_grad || (z->stage == 3 && !z->shard_param) ||
+        (z->host && (!z->hparam || !z->hgrad))) {
         zero_destroy(z);
         return lathe_error(LATHE_ENOMEM, "zero: out of memory for this rank's shard (%lld elements)",
                            (long long)z->mine);
@@ -706,8 +771,8 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
     if (z->world > 1)
         rc = broadcast_params(z);
     /* stage 3: the shard is the persistent copy */
-    if (rc == LATHE_OK && z->stage == 3)
-        rc = zero_refresh_shard(z);
+    for (size_t i = 0; rc == LATHE_OK && z->stage == 3 && i < z->n; i++)
+        refresh_one(z, i);
     z->live_bytes = (size_t)(z->pmine + TOTAL(z)) * sizeof(float);
     /* per segment: the whole buffers exist only between acquire and
      * release; whole-model: they stay for the first forward */
@@ -717,6 +782,9 @@ static int zero_create(lathe_section *cfg, const struct lathe_env *env, const st
     z->gathered = 1;
     if (rc == LATHE_OK)
         rc = make_views(z);
+    /* cpu_offload on a device: the host copy starts as the shard */
+    if (rc == LATHE_OK)
+        rc = host_shard_copy(z, 0);
     if (rc != LATHE_OK) {
         zero_destroy(z);
         return rc;
@@ -795,6 +863,21 @@ static int zero_release(void *self, const struct lathe_segment *seg, int backwar
 
 /* ---- the step --------------------------------------------------------- */
 
+/* cpu_offload on a device: the reduced shard gradients go to the host copy
+ * the optimizer reads; the device buffer, which the reduce-scatters add
+ * into, starts the next step at zero (the loop zeroes only the host one). */
+static int host_grads(struct zero *z)
+{
+    if (!z->host || z->mine == 0)
+        return LATHE_OK;
+    size_t bytes = (size_t)z->mine * sizeof(float);
+    int rc = z->be->copy(z->hgrad, z->shard_grad, bytes, 0);
+    if (rc != LATHE_OK)
+        return lathe_error_prefix(rc, "zero: cpu_offload: copying the shard gradients to the host");
+    z->be->zero(z->shard_grad, bytes);
+    return LATHE_OK;
+}
+
 static int zero_reduce_grads(void *self)
 {
     struct zero *z = self;
@@ -820,7 +903,7 @@ static int zero_reduce_grads(void *self)
         lathe_report_scalar("zero/param_bytes_peak", (double)z->peak_bytes);
         z->gathers = z->gather_elems = 0;
         z->peak_bytes = z->live_bytes;
-        return LATHE_OK;
+        return host_grads(z);
     }
     int rc = reduce_scatter_group(z, &z->all);
     if (rc != LATHE_OK)
@@ -831,26 +914,29 @@ static int zero_reduce_grads(void *self)
         free_whole(z, &z->all);
         z->gathered = 0;
     }
-    return LATHE_OK;
+    return host_grads(z);
 }
 
 static int zero_grad_sumsq(void *self, double *out)
 {
     struct zero *z = self;
     double s = 0.0;
-    if (z->mine > 0)
-        lathe_backend()->sumsq(&s, z->shard_grad, z->mine);
+    /* where the reduced shard gradients are now (host under offload) */
+    if (z->mine > 0 && z->host)
+        lathe_backend_cpu()->sumsq(&s, z->hgrad, z->mine);
+    else if (z->mine > 0)
+        z->be->sumsq(&s, z->shard_grad, z->mine);
     /* the comm reduces f32: send the double as a high and a low part */
     float hl[2];
     hl[0] = (float)s;
     hl[1] = (float)(s - (double)hl[0]);
     /* through backend memory, as every buffer given to the comm */
     float *dev = z->norm;
-    int rc = lathe_backend()->copy(dev, hl, sizeof hl, 1);
+    int rc = z->be->copy(dev, hl, sizeof hl, 1);
     if (rc == LATHE_OK)
         rc = z->co->all_reduce(z->cs, dev, 2, LATHE_F32, LATHE_REDUCE_SUM);
     if (rc == LATHE_OK)
-        rc = lathe_backend()->copy(hl, dev, sizeof hl, 0);
+        rc = z->be->copy(hl, dev, sizeof hl, 0);
     if (rc != LATHE_OK)
         return lathe_error_prefix(rc, "zero: all-reduce of the gradient norm");
     *out = (double)hl[0] + (double)hl[1];
@@ -860,6 +946,11 @@ static int zero_grad_sumsq(void *self, double *out)
 static int zero_sync_params(void *self)
 {
     struct zero *z = self;
+    /* cpu_offload on a device: the step updated the host copy; the device
+     * shard (or this rank's piece of a whole buffer) is what is gathered */
+    int hrc = host_shard_copy(z, 1);
+    if (hrc != LATHE_OK)
+        return hrc;
     if (z->per_segment) /* segment parameters are gathered at their next acquire */
         return z->world == 1 ? LATHE_OK : gather_group(z, &z->persist);
     if (z->stage != 3 && z->world == 1)
@@ -873,6 +964,12 @@ static int zero_sync_params(void *self)
     if (rc == LATHE_OK)
         z->gathered = 1;
     return rc;
+}
+
+static int zero_optim_device(void *self)
+{
+    const struct zero *z = self;
+    return z->host ? LATHE_DEVICE_CPU : z->device;
 }
 
 static int zero_optim_params(void *self, lathe_tensor *const **params, size_t *n)
@@ -889,7 +986,9 @@ static int zero_optim_params(void *self, lathe_tensor *const **params, size_t *n
  * gradients and the shard; stage 2 and whole-model stage 3 the shard kept
  * between steps; per-segment stage 3 its peak (shard + one segment's
  * full-size gradients + the persistent ones). The optimizer reports its own
- * state (made over the views, so it is this rank's 1/N). */
+ * state (made over the views, so it is this rank's 1/N). Under cpu_offload
+ * on a device these figures are the device's; the optimizer state and the
+ * host copies of the shard (explain's line) are host memory. */
 static int zero_memory(void *self, size_t *param_bytes, size_t *grad_bytes, size_t *optim_bytes)
 {
     struct zero *z = self;
@@ -919,6 +1018,7 @@ static const struct lathe_strategy_ops zero_ops = {
     .memory = zero_memory,
     .acquire = zero_acquire,
     .release = zero_release,
+    .optim_device = zero_optim_device,
 };
 
 static const struct lathe_component zero_components[] = {

@@ -40,7 +40,15 @@ struct zgroup {
 struct zero {
     const struct lathe_comm_ops *co;
     void *cs;
+    /* the run's backend, current at create: every buffer of this plugin
+     * but the host shard copies is its memory, reached through it even
+     * while the core has the CPU backend current for the optimizer */
+    const struct lathe_backend_ops *be;
     int rank, world, stage, offload, device;
+    /* cpu_offload on a device run: the optimizer's views are over hparam
+     * and hgrad, host copies of this rank's shard ([mine] each) */
+    int host;
+    float *hparam, *hgrad;
     enum zero_layout layout;
     int gather;                  /* [parallel] gather: auto, segment, model */
     int per_segment;             /* stage 3 gathering per model segment */
@@ -84,7 +92,8 @@ static inline int64_t zero_own_len(const struct zero *z, size_t i, int r)
 int zero_state_save(void *self, const struct lathe_optim_ops *optim, void *optim_self, const char *dir);
 int zero_state_load(void *self, const struct lathe_optim_ops *optim, void *optim_self, const char *dir);
 /* zero.c: refresh this rank's shard of the sharded parameters from their
- * whole buffers, where they are present (after the core loaded them). */
+ * whole buffers, where they are present (after the core loaded them), and
+ * under cpu_offload on a device the host copy of the whole shard. */
 int zero_refresh_shard(struct zero *z);
 
 #endif

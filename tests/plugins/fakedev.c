@@ -127,6 +127,20 @@ static void fd_attention_backward(float *dq, float *dk, float *dv, const float *
 {
     cpu->attention_backward(U(dq), U(dk), U(dv), U(dout), U(q), U(k), U(v), U(att), B, T, H, Hkv, D, scale);
 }
+static void fd_attention_lse_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                     const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                     float scale)
+{
+    cpu->attention_lse_forward(U(out), U(lse), U(q), U(k), U(v), U(seg), B, T, H, Hkv, D, scale);
+}
+static void fd_attention_lse_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                      const float *k, const float *v, const float *out, const float *lse,
+                                      const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                      float scale)
+{
+    cpu->attention_lse_backward(U(dq), U(dk), U(dv), U(dout), U(q), U(k), U(v), U(out), U(lse), U(seg), B, T, H,
+                                Hkv, D, scale);
+}
 static void fd_softmax_forward(float *out, const float *x, int64_t N, int64_t C)
 {
     cpu->softmax_forward(U(out), U(x), N, C);
@@ -255,6 +269,8 @@ static const struct lathe_backend_ops fakedev_ops = {
     .unary_backward = fd_unary_backward,
     .gemm_lowp = fd_gemm_lowp,
     .round_to = fd_round_to,
+    .attention_lse_forward = fd_attention_lse_forward,
+    .attention_lse_backward = fd_attention_lse_backward,
 };
 
 static const struct lathe_component fakedev_components[] = {

@@ -179,6 +179,31 @@ struct lathe_backend_ops {
     /* out[n] = x[n] rounded to dtype's nearest value (round to nearest
      * even), kept in f32; out may equal x. */
     void (*round_to)(float *out, const float *x, int64_t n, int dtype);
+
+    /* ---- ABI 1.2: attention in O(T) memory (FlashAttention) ---- */
+    /* The same attention as attention_forward (causal, grouped-query heads,
+     * seg [B,T] or NULL: row i attends j <= i with seg[b,j] == seg[b,i])
+     * but it saves only out [B,T,H,D] and lse [B,H,T], the natural log of
+     * each row's softmax denominator, lse_i = log sum_j exp(scale q_i.k_j)
+     * over the allowed j (-INFINITY for a row that may attend nothing; its
+     * out row is zeros). No [B,H,T,T] buffer exists anywhere: the
+     * probabilities are made tile by tile with an online softmax (Dao et
+     * al. 2022, "FlashAttention"). Optional (NULL: lathe_sdpa falls back
+     * to attention_forward/_backward); a backend fills both or neither. */
+    void (*attention_lse_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
+                                  const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                  float scale);
+    /* dq [B,T,H,D], dk, dv [B,T,Hkv,D] (+=; NULL: skip) from dout, the
+     * forward's inputs, its out and lse: P is recomputed from q, k and lse
+     * (P_ij = exp(scale q_i.k_j - lse_i), 0 where masked) and
+     * dS = P * (dO V^T - rowsum(dO * out)) * scale (Dao 2023,
+     * "FlashAttention-2"). Deterministic: the same inputs give the same
+     * bits on every call (no atomics; query heads sharing a kv head add
+     * into dk/dv in a fixed order). */
+    void (*attention_lse_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                   const float *k, const float *v, const float *out, const float *lse,
+                                   const int32_t *seg, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                   float scale);
 };
 
 enum lathe_unary_op {
@@ -193,7 +218,9 @@ enum lathe_unary_op {
 /* The backend ops now serving new tensors and ops (the CPU backend unless a
  * run selected another). */
 const struct lathe_backend_ops *lathe_backend(void);
-/* Select a backend; returns LATHE_EINVAL if ops->size is too small. */
+/* Select a backend; returns LATHE_EINVAL if ops->size is smaller than the
+ * ABI minor-0 layout (slots appended since are optional: callers test them
+ * with LATHE_OPS_HAS). */
 int lathe_backend_set(const struct lathe_backend_ops *ops);
 /* The built-in CPU backend (OpenBLAS + OpenMP). */
 const struct lathe_backend_ops *lathe_backend_cpu(void);

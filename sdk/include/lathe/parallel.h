@@ -89,6 +89,22 @@ struct lathe_strategy_ops {
      * env->model_ops->segments. */
     int (*acquire)(void *self, const struct lathe_segment *seg);
     int (*release)(void *self, const struct lathe_segment *seg, int backward);
+
+    /* ---- ABI 1.2: where the optimizer runs ----
+     * optional: the device (enum lathe_device) whose memory holds the
+     * tensors optim_params hands out (data and grad), and so where the
+     * optimizer keeps its state and steps. NULL, or the run's device: the
+     * run's backend, as before. LATHE_DEVICE_CPU on a device run (ZeRO
+     * cpu_offload): the core makes the CPU backend current around all it
+     * does with optim_params and the optimizer (create, the gradient norm
+     * when grad_sumsq is NULL, clipping and fp16 unscaling, step, zeroing
+     * the grads) and around state_save / state_load, so that a strategy
+     * reaches its own device buffers there through the backend it was
+     * created under, never through lathe_backend(). Its other slots
+     * (reduce_grads, grad_sumsq, sync_params, acquire, release) are called
+     * with the run's backend current, as the communicator needs. Any other
+     * device is refused. */
+    int (*optim_device)(void *self);
 };
 
 #ifdef __cplusplus
