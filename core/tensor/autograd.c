@@ -106,7 +106,8 @@ struct lathe_node *lathe_node_record_ex(lathe_tensor *out, lathe_backward_fn fn,
         lathe_error(LATHE_ENOMEM, "out of memory recording an op for backward");
         return NULL;
     }
-    memcpy(ins, in, sizeof *ins * (size_t)nin);
+    if (nin > 0)
+        memcpy(ins, in, sizeof *ins * (size_t)nin);
     nd->backward = fn;
     nd->always = always;
     nd->out = out;

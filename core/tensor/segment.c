@@ -172,7 +172,8 @@ static lathe_tensor *run_recompute(const struct lathe_segment *seg, lathe_segmen
     sv->fn = fn;
     sv->rng = *lathe_rng_global();
     sv->ctx_size = ctx_size;
-    memcpy(sv->ctx, ctx, ctx_size);
+    if (ctx_size)
+        memcpy(sv->ctx, ctx, ctx_size);
 
     if (acquire(seg) != LATHE_OK || lathe_scope_push() < 0) {
         free(sv);

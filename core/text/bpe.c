@@ -239,13 +239,15 @@ static int cache_get(const struct lathe_tokenizer *tk, uint64_t h, const char *s
     struct tk_cache_entry *e = &sh->slot[(h / TK_CACHE_SHARDS) % TK_CACHE_SLOTS];
     *hit = 0;
     pthread_mutex_lock(&sh->mu);
-    if (e->hash == h && e->klen == n && memcmp(e->blob, s, n) == 0) {
+    /* n == 0: an empty piece matches an empty slot, whose blob is NULL */
+    if (e->hash == h && e->klen == n && (n == 0 || memcmp(e->blob, s, n) == 0)) {
         int rc = ids_reserve(ids, cap, *n_ids + e->nids);
         if (rc) {
             pthread_mutex_unlock(&sh->mu);
             return rc;
         }
-        memcpy(*ids + *n_ids, e->blob + BLOB_IDS_OFF(n), e->nids * sizeof(int32_t));
+        if (e->nids)
+            memcpy(*ids + *n_ids, e->blob + BLOB_IDS_OFF(n), e->nids * sizeof(int32_t));
         *n_ids += e->nids;
         *hit = 1;
     }
