@@ -102,42 +102,10 @@ echo "ok: the adapter equals the CPU run's; generate --adapter on the device giv
 
 # 3. LoRA on Llama (a tiny model converted from a GGUF fixture, with its
 # tokenizer), chat data, the adapter, and generation
-"$LATHE" convert gguf "$top_srcdir/tests/fixtures/gguf/tiny.gguf" tinyllama > convert.log 2>&1 || { cat convert.log; fail "convert"; }
-i=0
-while [ $i -lt 8 ]; do
-  echo '{"messages": [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "hello hello world"}]}'
-  i=$((i + 1))
-done > chat.jsonl
-cat > llama.ini <<'EOF'
-[run]
-seed = 3
-[model]
-plugin = llama
-pretrained = tinyllama
-[data]
-plugin = jsonl-chat
-path = chat.jsonl
-template = chatml
-max_length = 200
-eval_fraction = 0.25
-[peft]
-plugin = lora
-rank = 4
-alpha = 8
-target_modules = all-linear
-[optim]
-plugin = adamw
-lr = 1e-2
-[train]
-steps = 4
-batch_size = 2
-eval_every = 2
-eval_batches = 1
-log_every = 1
-checkpoint_every = 2
-EOF
-train cpu-llama.log llama.ini run.output_dir=runs/llama-cpu
-train fd-llama.log llama.ini run.output_dir=runs/llama-fd $FD
+tiny_llama_lora llama.ini
+lcfg="optim.lr=1e-2 train.checkpoint_every=2"
+train cpu-llama.log llama.ini run.output_dir=runs/llama-cpu $lcfg
+train fd-llama.log llama.ini run.output_dir=runs/llama-fd $lcfg $FD
 same llama-fd llama-cpu "LoRA on Llama"
 cmp -s runs/llama-fd/adapter/adapter_model.safetensors runs/llama-cpu/adapter/adapter_model.safetensors ||
   fail "the Llama adapters differ"

@@ -25,42 +25,10 @@ same g1 g0 "GPT-2 with dropout"
 grep -q "activation_checkpointing" g1.log || fail "the log does not say that blocks are recomputed"
 
 # Llama + LoRA (a tiny model converted from the GGUF fixture)
-"$LATHE" convert gguf "$top_srcdir/tests/fixtures/gguf/tiny.gguf" tinyllama > convert.log 2>&1 || { cat convert.log; fail "convert"; }
-i=0
-while [ $i -lt 8 ]; do
-  echo '{"messages": [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "hello hello world"}]}'
-  i=$((i + 1))
-done > chat.jsonl
-cat > llama.ini <<'INI'
-[run]
-seed = 3
-[model]
-plugin = llama
-pretrained = tinyllama
-[data]
-plugin = jsonl-chat
-path = chat.jsonl
-template = chatml
-max_length = 200
-eval_fraction = 0.25
-[peft]
-plugin = lora
-rank = 4
-alpha = 8
-dropout = 0.1
-target_modules = all-linear
-[optim]
-plugin = adamw
-lr = 1e-3
-[train]
-steps = 4
-batch_size = 2
-eval_every = 2
-log_every = 1
-save_final = false
-INI
-train l0.log llama.ini run.output_dir=l0
-train l1.log llama.ini run.output_dir=l1 train.activation_checkpointing=true
+tiny_llama_lora llama.ini "dropout = 0.1"
+lcfg="optim.lr=1e-3 train.save_final=false"
+train l0.log llama.ini run.output_dir=l0 $lcfg
+train l1.log llama.ini run.output_dir=l1 $lcfg train.activation_checkpointing=true
 same l1 l0 "Llama with LoRA (adapter dropout)"
 
 # the memory the step keeps: the loop reports the peak resident set
