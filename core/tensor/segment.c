@@ -34,13 +34,11 @@
 #include "tensor/tensor_internal.h"
 
 static struct lathe_segment_hooks hooks;
-static int have_hooks;
 static int recompute;
 
 void lathe_segment_set_hooks(const struct lathe_segment_hooks *h)
 {
-    have_hooks = h && (h->acquire || h->release);
-    if (have_hooks)
+    if (h)
         hooks = *h;
     else
         memset(&hooks, 0, sizeof hooks);
@@ -228,7 +226,7 @@ lathe_tensor *lathe_segment_run(const struct lathe_segment *seg, lathe_segment_f
         return NULL;
     }
     int grad = lathe_grad_enabled();
-    if (!have_hooks && !(recompute && grad))
+    if (!hooks.acquire && !hooks.release && !(recompute && grad))
         return fn(ctx, x);
     if (recompute && grad)
         return run_recompute(seg, fn, ctx, ctx_size, x);

@@ -163,8 +163,9 @@ int lathe_run_whole_params(struct lathe_run *run, int whole)
 {
     const struct lathe_strategy_ops *so = run->strategy.ops;
     const struct lathe_model_ops *mo = run->model.ops;
+    /* LATHE_OPS_HAS(release) also covers acquire's place, not its value */
     if (!run->strategy.self || !LATHE_OPS_HAS(so, struct lathe_strategy_ops, release) || !so->acquire ||
-        !so->release || !LATHE_OPS_HAS(mo, struct lathe_model_ops, segments) || !mo->segments)
+        !LATHE_OPS_HAS(mo, struct lathe_model_ops, segments))
         return LATHE_OK;
     const struct lathe_segment *const *segs;
     size_t n;

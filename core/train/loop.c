@@ -63,12 +63,9 @@ static lathe_tensor *rows_of(lathe_tensor *t, int64_t from, int64_t n)
     if (!out)
         return NULL;
     size_t row = lathe_tensor_nbytes(t) / (size_t)t->shape[0];
-    const char *src = (const char *)t->data + (size_t)from * row;
-    if (t->device == LATHE_DEVICE_CPU)
-        memcpy(out->data, src, (size_t)n * row);
-    else /* device to device: the backend's same-dtype convert is a copy */
-        lathe_backend()->convert(out->data, (int)t->dtype, src, (int)t->dtype,
-                                 (int64_t)((size_t)n * row / lathe_dtype_size(t->dtype)));
+    /* in the backend's memory: its same-dtype convert is the copy */
+    lathe_backend()->convert(out->data, (int)t->dtype, (const char *)t->data + (size_t)from * row, (int)t->dtype,
+                             (int64_t)((size_t)n * row / lathe_dtype_size(t->dtype)));
     return out;
 }
 
@@ -152,8 +149,7 @@ out:
 static double grad_norm(struct lathe_run *run)
 {
     double total = 0.0;
-    if (run->strategy.self && LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, grad_sumsq) &&
-        STRATEGY(run)->grad_sumsq) {
+    if (run->strategy.self && LATHE_OPS_HAS(STRATEGY(run), struct lathe_strategy_ops, grad_sumsq)) {
         if (STRATEGY(run)->grad_sumsq(run->strategy.self, &total) != LATHE_OK)
             return NAN;
         return sqrt(total);
